@@ -1,0 +1,1 @@
+"""kpool: pooling layers for Keras 3 and a pooling-ablation harness."""
