@@ -1,0 +1,379 @@
+"""Typed experiment configs: YAML plus dotted overrides, checked up front.
+
+A config is plain data (YAML). `load_config` merges `--set key.sub=value`
+overrides into it and converts it into frozen dataclasses. Every key is
+checked before anything trains: an unknown or misspelt key, a value of the
+wrong type or outside the allowed set fails at once with a `ConfigError`
+naming the dotted key and what is allowed.
+"""
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from typing import Literal, Optional, Union
+
+DOWNSAMPLING_CHOICES = (
+    "max",
+    "avg",
+    "min",
+    "mixed",
+    "mixed_learned",
+    "gated",
+    "stochastic",
+    "strided",
+    "allconv",
+)
+MODEL_FAMILIES = ("small_cnn", "model_c", "vgg", "resnet")
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is not allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    # One of MODEL_FAMILIES.
+    family: str = "small_cnn"
+    # Channels of the first stage; `None` takes the family's default.
+    width: Optional[int] = None
+    # Classifier head: global average pooling, global max pooling, or
+    # flatten + dense.
+    head: Literal["gap", "gmp", "flatten"] = "gap"
+    # Where the downsampling op sits relative to the activation before it:
+    # min pooling right after a ReLU outputs mostly zeros.
+    pool_position: Literal["after_activation", "before_activation"] = (
+        "after_activation"
+    )
+    pool_size: int = 2
+    pool_strides: Optional[int] = None
+    pool_padding: Literal["valid", "same"] = "same"
+    dropout: float = 0.0
+    batch_norm: bool = True
+    # Internal layout; inputs are always channels_last images.
+    data_format: Literal["channels_last", "channels_first"] = "channels_last"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: Literal["cifar10", "synthetic", "npz"] = "cifar10"
+    # Archive, extracted folder (cifar10) or .npz file (npz).
+    path: Optional[str] = None
+    # tensorflow-datasets data_dir (cifar10).
+    data_dir: Optional[str] = None
+    # Train / test subset sizes; `None` uses the whole split.
+    subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    # Let tensorflow-datasets download CIFAR-10 when it is not prepared.
+    download: bool = False
+    # Used, loudly and recorded in every row, when `source` is unavailable.
+    fallback: Optional[Literal["synthetic"]] = None
+    augment: bool = True
+    # Size of the synthetic set (CIFAR-10's by default).
+    synthetic_train: int = 50000
+    synthetic_test: int = 10000
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    name: Literal["constant", "cosine", "step", "onecycle"] = "cosine"
+    warmup_epochs: float = 0.0
+    # "step": multiply the rate by `decay_factor` at these epochs.
+    decay_epochs: tuple[int, ...] = ()
+    decay_factor: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    label_smoothing: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    # Shift consistency and shifted accuracy (Zhang 2019) after training.
+    shift_metrics: bool = True
+    # Fixed, so every downsampling choice sees the same shifts.
+    seed: int = 0
+    # Test images used for the shift metrics; `None` uses all.
+    max_images: Optional[int] = 2000
+    batch_size: int = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    output_dir: str = "results"
+    model: ModelConfig = ModelConfig()
+    downsampling: tuple[str, ...] = ("max",)
+    # Extra keyword arguments per registry name, e.g.
+    # {"mixed": {"alpha": 0.75, "granularity": "channel"}}.
+    downsampling_options: dict = dataclasses.field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    jit_compile: Union[bool, Literal["auto"]] = "auto"
+    # Turns on deterministic ops (slower on some backends).
+    deterministic: bool = False
+    eval: EvalConfig = EvalConfig()
+
+    def to_dict(self):
+        return to_dict(self)
+
+
+def to_dict(config):
+    """Plain, JSON- and YAML-safe data for a config dataclass."""
+    data = dataclasses.asdict(config)
+    return json.loads(json.dumps(data))
+
+
+def config_hash(data):
+    """A short stable hash of JSON-able data (used to key runs)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _describe(tp):
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value, tp, key):
+    """Checks `value` against the annotation `tp`; returns the typed value."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) in {
+            type(a) for a in typing.get_args(tp)
+        }:
+            return value
+    elif origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, key)
+            except ConfigError:
+                pass
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            item_type = typing.get_args(tp)[0]
+            return tuple(
+                _convert(v, item_type, f"{key}[{i}]")
+                for i, v in enumerate(value)
+            )
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(
+        f"`{key}` must be {_describe(tp)}. Received: {key}={value!r}"
+    )
+
+
+def _build(cls, data, prefix=""):
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"`{prefix or 'config'}` must be a mapping of keys to values. "
+            f"Received: {data!r}"
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"`{prefix}`" if prefix else "the config"
+        raise ConfigError(
+            f"Unknown key `{_join(prefix, unknown[0])}` in {where}. "
+            f"Allowed keys: {', '.join(sorted(fields))}"
+        )
+    values = {
+        name: _convert(value, hints[name], _join(prefix, name))
+        for name, value in data.items()
+    }
+    return cls(**values)
+
+
+def _join(prefix, name):
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _check(config):
+    """Cross-field checks that types alone cannot express."""
+
+    def require(ok, key, allowed, value):
+        if not ok:
+            raise ConfigError(
+                f"`{key}` must be {allowed}. Received: {key}={value!r}"
+            )
+
+    model, train, data = config.model, config.train, config.data
+    require(
+        model.family in MODEL_FAMILIES,
+        "model.family",
+        f"one of {', '.join(MODEL_FAMILIES)}",
+        model.family,
+    )
+    require(
+        len(config.downsampling) > 0,
+        "downsampling",
+        "a non-empty list",
+        list(config.downsampling),
+    )
+    for i, name in enumerate(config.downsampling):
+        require(
+            name in DOWNSAMPLING_CHOICES,
+            f"downsampling[{i}]",
+            f"one of {', '.join(DOWNSAMPLING_CHOICES)}",
+            name,
+        )
+    require(
+        len(set(config.downsampling)) == len(config.downsampling),
+        "downsampling",
+        "a list without repeats",
+        list(config.downsampling),
+    )
+    for name, options in config.downsampling_options.items():
+        require(
+            name in DOWNSAMPLING_CHOICES,
+            "downsampling_options",
+            f"keyed by one of {', '.join(DOWNSAMPLING_CHOICES)}",
+            name,
+        )
+        require(
+            isinstance(options, dict),
+            f"downsampling_options.{name}",
+            "a mapping of keyword arguments",
+            options,
+        )
+    require(
+        len(config.seeds) > 0, "seeds", "a non-empty list", list(config.seeds)
+    )
+    positive = {
+        "train.epochs": train.epochs,
+        "train.batch_size": train.batch_size,
+        "model.pool_size": model.pool_size,
+        "data.synthetic_train": data.synthetic_train,
+        "data.synthetic_test": data.synthetic_test,
+        "eval.batch_size": config.eval.batch_size,
+    }
+    optional_positive = {
+        "model.width": model.width,
+        "model.pool_strides": model.pool_strides,
+        "data.subset": data.subset,
+        "data.test_subset": data.test_subset,
+        "eval.max_images": config.eval.max_images,
+    }
+    for key, value in positive.items():
+        require(value > 0, key, "a positive integer", value)
+    for key, value in optional_positive.items():
+        require(value is None or value > 0, key, "null or > 0", value)
+    require(
+        train.optimizer.learning_rate > 0,
+        "train.optimizer.learning_rate",
+        "> 0",
+        train.optimizer.learning_rate,
+    )
+    require(
+        0.0 <= model.dropout < 1.0, "model.dropout", "in [0, 1)", model.dropout
+    )
+    require(
+        0.0 <= train.label_smoothing < 1.0,
+        "train.label_smoothing",
+        "in [0, 1)",
+        train.label_smoothing,
+    )
+    require(
+        data.source != "npz" or data.path is not None,
+        "data.path",
+        "the path of an .npz file when data.source is 'npz'",
+        data.path,
+    )
+    require(
+        config.name and "/" not in config.name,
+        "name",
+        "a non-empty name without '/'",
+        config.name,
+    )
+
+
+def parse_override(text):
+    """Parses `key.sub=value`; the value is read as YAML (`3`, `[1, 2]`)."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(
+            f"An override must look like `key.sub=value`. Received: {text!r}"
+        )
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data, overrides):
+    """Returns a copy of `data` with the dotted `overrides` applied."""
+    data = json.loads(json.dumps(data))
+    for text in overrides:
+        key, value = parse_override(text)
+        node = data
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                prefix = ".".join(parts[: depth + 1])
+                raise ConfigError(
+                    f"Cannot set `{key}`: `{prefix}` is not a mapping."
+                )
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def config_from_dict(data, overrides=()):
+    """Builds and checks an `ExperimentConfig` from plain data."""
+    config = _build(ExperimentConfig, apply_overrides(data or {}, overrides))
+    _check(config)
+    return config
+
+
+def load_config(path, overrides=()):
+    """Reads a YAML config file, applies overrides, and checks it."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"Config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {path} is not valid YAML: {e}") from e
+    return config_from_dict(data, overrides)
