@@ -1,0 +1,107 @@
+import pathlib
+
+import pytest
+
+from kpool import config as cfg
+
+CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def test_defaults_and_types():
+    config = cfg.config_from_dict({})
+    assert config == cfg.ExperimentConfig()
+    config = cfg.config_from_dict(
+        {"train": {"optimizer": {"learning_rate": 1}}, "seeds": [3, 4]}
+    )
+    # An int is accepted where a float is expected, and converted.
+    assert config.train.optimizer.learning_rate == 1.0
+    assert isinstance(config.train.optimizer.learning_rate, float)
+    assert config.seeds == (3, 4)
+
+
+def test_overrides_are_read_as_yaml():
+    config = cfg.config_from_dict(
+        {"downsampling": ["max"]},
+        [
+            "train.epochs=3",
+            "downsampling=[avg, stochastic]",
+            "model.width=null",
+            "train.schedule.decay_epochs=[5, 8]",
+            "data.subset=",
+        ],
+    )
+    assert config.train.epochs == 3
+    assert config.downsampling == ("avg", "stochastic")
+    assert config.model.width is None
+    assert config.train.schedule.decay_epochs == (5, 8)
+    assert config.data.subset is None
+
+
+@pytest.mark.parametrize(
+    "data, overrides, message",
+    [
+        ({"trian": {}}, [], "Unknown key `trian` in the config"),
+        ({"train": {"epoch": 1}}, [], "Unknown key `train.epoch` in `train`"),
+        ({}, ["model.widht=8"], "Unknown key `model.widht`"),
+        ({"train": {"epochs": "ten"}}, [], "`train.epochs` must be int"),
+        ({"train": {"epochs": True}}, [], "`train.epochs` must be int"),
+        ({"train": {"epochs": 0}}, [], "`train.epochs` must be a positive"),
+        ({"model": {"head": "dense"}}, [], "`model.head` must be 'gap'"),
+        ({"downsampling": ["max", "lp"]}, [], "`downsampling[1]` must be one"),
+        ({"downsampling": "max"}, [], "`downsampling` must be a list of str"),
+        ({"downsampling": ["max", "max"]}, [], "without repeats"),
+        ({"model": {"family": "vit"}}, [], "`model.family` must be one of"),
+        ({"data": {"source": "npz"}}, [], "`data.path` must be the path"),
+        ({"downsampling_options": {"maxx": {}}}, [], "downsampling_options"),
+        ({"train": 3}, [], "`train` must be a mapping"),
+        ({}, ["train.epochs"], "must look like `key.sub=value`"),
+        ({}, ["=3"], "must look like `key.sub=value`"),
+        ({}, ["train.epochs.x=3"], "`train.epochs` must be int"),
+        (
+            {"train": {"epochs": 2}},
+            ["train.epochs.x=3"],
+            "Cannot set `train.epochs.x`: `train.epochs` is not a mapping",
+        ),
+    ],
+)
+def test_errors_name_the_key(data, overrides, message):
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.config_from_dict(data, overrides)
+    assert message in str(info.value)
+
+
+def test_unknown_pooling_lists_allowed_names():
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.config_from_dict({"downsampling": ["lp"]})
+    for name in cfg.DOWNSAMPLING_CHOICES:
+        assert name in str(info.value)
+    assert "Received: downsampling[0]='lp'" in str(info.value)
+
+
+def test_load_config_errors(tmp_path):
+    with pytest.raises(cfg.ConfigError, match="not found"):
+        cfg.load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1,\n")
+    with pytest.raises(cfg.ConfigError, match="not valid YAML"):
+        cfg.load_config(bad)
+
+
+def test_config_hash_ignores_key_order():
+    assert cfg.config_hash({"a": 1, "b": [1, 2]}) == cfg.config_hash(
+        {"b": [1, 2], "a": 1}
+    )
+    assert cfg.config_hash({"a": 1}) != cfg.config_hash({"a": 2})
+
+
+def test_round_trip_through_dict():
+    config = cfg.config_from_dict(
+        {"downsampling": ["max", "mixed"], "seeds": [0, 1]}
+    )
+    assert cfg.config_from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    config = cfg.load_config(path)
+    assert config.name == path.stem
