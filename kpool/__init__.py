@@ -1,1 +1,10 @@
-"""kpool: pooling layers for Keras 3 and a pooling-ablation harness."""
+"""kpool: pooling layers for Keras 3 and a pooling-ablation harness.
+
+Importing kpool registers every layer with Keras, so a saved model that uses
+them loads with `keras.saving.load_model` after `import kpool`.
+"""
+
+from kpool import layers
+from kpool.registry import downsampling_names, get_downsampling
+
+__all__ = ["downsampling_names", "get_downsampling", "layers"]

@@ -1,0 +1,190 @@
+import keras
+from keras import ops
+
+from kpool.layers.base_pooling import BasePooling
+
+
+class StochasticPooling(BasePooling):
+    """Stochastic pooling (Zeiler and Fergus, 2013).
+
+    For a window with activations `a_i >= 0`, let `p_i = a_i / sum_j a_j`.
+    In training the output is `a_l` with `l ~ Multinomial(p)`, drawn
+    independently for each window and channel; in inference it is the
+    expectation `sum_i p_i a_i = sum_i a_i**2 / sum_i a_i`.
+
+    The method is defined for non-negative activations (it follows a ReLU in
+    the paper), so the layer pools `a = max(x, 0)`: a negative input carries
+    no probability mass and is never sampled. A window with no positive
+    input (all zero or negative) gives 0 in training and in inference, never
+    NaN. Under `"same"` the padded cells carry no mass either, so they are
+    never the result and the output cell count follows
+    `keras.layers.MaxPooling2D`: `floor((n - pool_size) / strides) + 1` under
+    `"valid"`, `ceil(n / strides)` under `"same"`.
+
+    Inference is `average_pool(a**2) / average_pool(a)` with the built-in
+    pooling (the two averages share their count, which cancels). Training
+    draws one uniform `u` per output cell and samples by inverting the
+    window's cumulative sum: with `c_j` the running sum of the window's
+    elements in row-major order, the output is the `a_j` with
+    `c_{j-1} <= u * c_last < c_j`. The gradient reaches only the sampled
+    element. Both are computed in float32 when the compute dtype is float16
+    or bfloat16 (`a**2` overflows float16, and a bfloat16 uniform has only 8
+    bits), then cast back to the compute dtype.
+
+    Training needs the spatial dims to be known when the layer is called;
+    inference does not.
+
+    Reference: Zeiler and Fergus, "Stochastic Pooling for Regularization of
+    Deep Convolutional Neural Networks", ICLR 2013.
+
+    Args:
+        pool_size: int or tuple of ints, one per spatial dim. Window size.
+        strides: int, tuple of ints, or `None` (meaning `pool_size`).
+        padding: `"valid"` or `"same"` (case-insensitive), as in
+            `keras.layers.MaxPooling2D`.
+        data_format: `"channels_last"`, `"channels_first"`, or `None` for
+            `keras.config.image_data_format()`.
+        seed: int or `None`. Seed of the layer's
+            `keras.random.SeedGenerator`: two layers with the same seed draw
+            the same samples.
+        name: string. Name of the layer.
+        **kwargs: forwarded to `keras.layers.Layer` (`dtype`, ...).
+
+    Call arguments:
+        inputs: the input tensor.
+        training: bool. Sample (`True`) or take the expectation (`False`).
+    """
+
+    def __init__(
+        self,
+        pool_size=2,
+        strides=None,
+        padding="valid",
+        data_format=None,
+        seed=None,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(
+            pool_size, strides, padding, data_format, name=name, **kwargs
+        )
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        dtype = self.compute_dtype
+        if dtype in ("float16", "bfloat16"):
+            dtype = "float32"
+        activations = ops.relu(ops.cast(inputs, dtype))
+        if training:
+            outputs = self._sample(activations)
+        else:
+            outputs = self._expectation(activations)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _expectation(self, activations):
+        mean_square = self._pool(ops.square(activations), "average")
+        mean = self._pool(activations, "average")
+        positive = mean > 0
+        # The inner `where` keeps the unused branch finite, so that no NaN
+        # reaches the gradient.
+        safe_mean = ops.where(positive, mean, ops.ones_like(mean))
+        return ops.where(positive, mean_square / safe_mean, 0)
+
+    def _sample(self, activations):
+        elements = self._window_elements(activations)
+        cumulative = [elements[0]]
+        for element in elements[1:]:
+            cumulative.append(cumulative[-1] + element)
+        uniform = keras.random.uniform(
+            ops.shape(elements[0]),
+            dtype=activations.dtype,
+            seed=self.seed_generator,
+        )
+        threshold = uniform * cumulative[-1]
+        # Element j is sampled iff c_{j-1} <= threshold < c_j; a zero element
+        # has c_{j-1} == c_j, so it never is, and neither is any element of
+        # a window summing to 0 (threshold 0). The indicators are constants
+        # to autodiff, so the gradient reaches the sampled element only.
+        outputs = 0
+        below_previous = 0
+        for element, running_sum in zip(elements, cumulative, strict=True):
+            below = ops.cast(threshold < running_sum, activations.dtype)
+            outputs = outputs + element * (below - below_previous)
+            below_previous = below
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config["seed"] = self.seed
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kpool")
+class StochasticPooling1D(StochasticPooling):
+    """Stochastic pooling for 1D (temporal) data.
+
+    See `StochasticPooling` for the arguments and the method.
+
+    Input shape: `(batch, steps, channels)` if `channels_last`, else
+    `(batch, channels, steps)`.
+
+    Output shape: `(batch, pooled_steps, channels)` if `channels_last`, else
+    `(batch, channels, pooled_steps)`.
+
+    Example:
+
+    >>> x = np.array([1.0, 3.0, 0.0, 0.0]).reshape(1, 4, 1)
+    >>> kpool.layers.StochasticPooling1D(pool_size=2)(x)  # [[[2.5], [0.]]]
+    """
+
+    num_spatial_dims = 1
+
+
+@keras.saving.register_keras_serializable(package="kpool")
+class StochasticPooling2D(StochasticPooling):
+    """Stochastic pooling for 2D (spatial) data.
+
+    See `StochasticPooling` for the arguments and the method.
+
+    Input shape: `(batch, height, width, channels)` if `channels_last`, else
+    `(batch, channels, height, width)`.
+
+    Output shape: `(batch, pooled_height, pooled_width, channels)` if
+    `channels_last`, else `(batch, channels, pooled_height, pooled_width)`.
+
+    Example:
+
+    >>> layer = kpool.layers.StochasticPooling2D(pool_size=2, seed=1)
+    >>> x = np.random.rand(8, 32, 32, 16)
+    >>> layer(x, training=True).shape  # (8, 16, 16, 16), sampled elements
+    """
+
+    num_spatial_dims = 2
+
+
+@keras.saving.register_keras_serializable(package="kpool")
+class StochasticPooling3D(StochasticPooling):
+    """Stochastic pooling for 3D (spatial or spatio-temporal) data.
+
+    See `StochasticPooling` for the arguments and the method.
+
+    Input shape: `(batch, dim1, dim2, dim3, channels)` if `channels_last`,
+    else `(batch, channels, dim1, dim2, dim3)`.
+
+    Output shape: `(batch, pooled_dim1, pooled_dim2, pooled_dim3, channels)`
+    if `channels_last`, else
+    `(batch, channels, pooled_dim1, pooled_dim2, pooled_dim3)`.
+
+    Example:
+
+    >>> x = np.random.rand(2, 8, 8, 8, 3)
+    >>> kpool.layers.StochasticPooling3D(2)(x).shape  # (2, 4, 4, 4, 3)
+    """
+
+    num_spatial_dims = 3
+
+
+StochasticPool1D = StochasticPooling1D
+StochasticPool2D = StochasticPooling2D
+StochasticPool3D = StochasticPooling3D

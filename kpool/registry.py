@@ -1,0 +1,120 @@
+"""Downsampling layers by name: Keras's built-in poolings and kpool's."""
+
+import keras
+
+from kpool import layers
+
+# name -> ((1D, 2D, 3D class), keyword arguments the name fixes)
+_DOWNSAMPLINGS = {
+    "max": (
+        (
+            keras.layers.MaxPooling1D,
+            keras.layers.MaxPooling2D,
+            keras.layers.MaxPooling3D,
+        ),
+        {},
+    ),
+    "avg": (
+        (
+            keras.layers.AveragePooling1D,
+            keras.layers.AveragePooling2D,
+            keras.layers.AveragePooling3D,
+        ),
+        {},
+    ),
+    "min": (
+        (layers.MinPooling1D, layers.MinPooling2D, layers.MinPooling3D),
+        {},
+    ),
+    "mixed": (
+        (layers.MixedPooling1D, layers.MixedPooling2D, layers.MixedPooling3D),
+        {"mode": "random"},
+    ),
+    "mixed_learned": (
+        (layers.MixedPooling1D, layers.MixedPooling2D, layers.MixedPooling3D),
+        {"mode": "learned"},
+    ),
+    "gated": (
+        (layers.MixedPooling1D, layers.MixedPooling2D, layers.MixedPooling3D),
+        {"mode": "gated"},
+    ),
+    "stochastic": (
+        (
+            layers.StochasticPooling1D,
+            layers.StochasticPooling2D,
+            layers.StochasticPooling3D,
+        ),
+        {},
+    ),
+    "global_max": (
+        (
+            keras.layers.GlobalMaxPooling1D,
+            keras.layers.GlobalMaxPooling2D,
+            keras.layers.GlobalMaxPooling3D,
+        ),
+        {},
+    ),
+    "global_avg": (
+        (
+            keras.layers.GlobalAveragePooling1D,
+            keras.layers.GlobalAveragePooling2D,
+            keras.layers.GlobalAveragePooling3D,
+        ),
+        {},
+    ),
+    "global_min": (
+        (
+            layers.GlobalMinPooling1D,
+            layers.GlobalMinPooling2D,
+            layers.GlobalMinPooling3D,
+        ),
+        {},
+    ),
+}
+
+
+def downsampling_names():
+    """Returns the names `get_downsampling` knows, as a tuple."""
+    return tuple(_DOWNSAMPLINGS)
+
+
+def get_downsampling(name, rank=2, **kwargs):
+    """Builds the pooling layer called `name`.
+
+    Args:
+        name: string, one of `downsampling_names()`: `"max"`, `"avg"`,
+            `"min"`, `"mixed"` (`MixedPooling*D`, `mode="random"`),
+            `"mixed_learned"` (`mode="learned"`), `"gated"`
+            (`mode="gated"`), `"stochastic"`, `"global_max"`,
+            `"global_avg"`, `"global_min"`.
+        rank: int, 1, 2 or 3. Picks the 1D, 2D or 3D class.
+        **kwargs: passed to the class: `pool_size`, `strides`, `padding`,
+            `data_format`, `name`, ... for the windowed poolings;
+            `data_format`, `keepdims`, `name`, ... for the global ones; plus
+            `alpha`, `granularity`, `seed` for the mixed poolings and `seed`
+            for `"stochastic"`. The `mode` of a mixed pooling is fixed by
+            `name`.
+
+    Returns:
+        A new `keras.layers.Layer`.
+
+    Example:
+
+    >>> kpool.get_downsampling("stochastic", pool_size=3, strides=2, seed=0)
+    <StochasticPooling2D name=stochastic_pooling2d, built=False>
+    """
+    if name not in _DOWNSAMPLINGS:
+        raise ValueError(
+            f"`name` must be one of {list(_DOWNSAMPLINGS)}. "
+            f"Received: name={name!r}"
+        )
+    if rank not in (1, 2, 3):
+        raise ValueError(f"`rank` must be 1, 2 or 3. Received: rank={rank!r}")
+    classes, fixed_kwargs = _DOWNSAMPLINGS[name]
+    for key, value in fixed_kwargs.items():
+        if key in kwargs:
+            raise ValueError(
+                f"`{key}` is fixed to {value!r} by name={name!r}; drop it. "
+                f"Received: {key}={kwargs[key]!r}"
+            )
+    return classes[rank - 1](**fixed_kwargs, **kwargs)
