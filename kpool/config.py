@@ -65,6 +65,9 @@ class DataConfig:
     # Train / test subset sizes; `None` uses the whole split.
     subset: Optional[int] = None
     test_subset: Optional[int] = None
+    # Seed of the subsets and of the synthetic set: one data set for every
+    # run of the experiment, whatever the run's seed.
+    seed: int = 0
     # Let tensorflow-datasets download CIFAR-10 when it is not prepared.
     download: bool = False
     # Used, loudly and recorded in every row, when `source` is unavailable.

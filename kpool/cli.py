@@ -1,0 +1,136 @@
+"""The `kpool` command: run an experiment, report it, merge shards.
+
+    kpool run CONFIG [--set key.sub=value ...] [--shard i/n] [--output-dir D]
+    kpool report DIR
+    kpool merge DIR_OR_RUNS_CSV ... --out DIR
+
+Exit codes: 0 success; 1 some runs failed (the others are saved); 2 bad
+config or arguments; 3 the data set is unavailable; 130 interrupted.
+Choose the Keras backend with the KERAS_BACKEND environment variable.
+"""
+
+import argparse
+import sys
+
+RUN_EPILOG = """\
+Results go to OUTPUT_DIR/NAME (the config's `output_dir` and `name`):
+runs.csv, epochs.csv, summary.csv, config.yaml and PNG plots. Finished runs
+are skipped when the command is repeated; interrupted or failed ones run
+again. With --shard i/n (1-based, 1 <= i <= n) this process runs runs i,
+i+n, i+2n, ... of the grid and writes runs.shard-i-of-n.csv; start n
+processes (e.g. one per GPU or machine) on the same directory, or `kpool
+merge` their directories afterwards.
+"""
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="kpool",
+        description="Pooling ablations on CIFAR-10 with Keras 3.",
+        epilog="Set KERAS_BACKEND=jax|tensorflow|torch to pick the backend.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="train the grid of an experiment config",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("config", help="experiment YAML file")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=5 "
+        "(the value is read as YAML; repeatable)",
+    )
+    run.add_argument(
+        "--shard", metavar="I/N", help="run only shard I of N (1-based)"
+    )
+    run.add_argument("--output-dir", help="same as --set output_dir=OUTPUT_DIR")
+    run.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
+        help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line "
+        "per epoch (default 1)",
+    )
+
+    report = commands.add_parser(
+        "report", help="print the summary of an experiment directory"
+    )
+    report.add_argument("directory", help="directory holding runs*.csv")
+
+    merge = commands.add_parser(
+        "merge",
+        help="merge result directories (e.g. shards) into one",
+    )
+    merge.add_argument(
+        "sources", nargs="+", help="directories or runs*.csv files"
+    )
+    merge.add_argument(
+        "--out", required=True, help="directory to write the merged tables"
+    )
+    return parser
+
+
+def _run(args):
+    from kpool.config import load_config
+    from kpool.experiment import parse_shard, run_experiment
+
+    overrides = list(args.overrides)
+    if args.output_dir is not None:
+        overrides.append(f"output_dir={args.output_dir}")
+    config = load_config(args.config, overrides)
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    outcome = run_experiment(config, shard=shard, verbose=args.verbose)
+    return 1 if outcome.failed else 0
+
+
+def _report(args):
+    from kpool import results
+
+    runs, _ = results.read_results([args.directory])
+    if runs.empty:
+        raise FileNotFoundError(f"No runs*.csv in {args.directory}")
+    print(results.report(results.summarize(runs)))
+    return 0
+
+
+def _merge(args):
+    from kpool import results
+
+    summary = results.merge(args.sources, args.out)
+    print(results.report(summary))
+    return 0
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    from kpool.config import ConfigError
+    from kpool.data import DataUnavailableError
+
+    command = {"run": _run, "report": _report, "merge": _merge}[args.command]
+    try:
+        return command(args)
+    except DataUnavailableError as e:
+        print(f"kpool {args.command}: data unavailable: {e}", file=sys.stderr)
+        return 3
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"kpool {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"kpool {args.command}: interrupted. Finished runs are saved; "
+            "run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
