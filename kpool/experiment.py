@@ -193,7 +193,7 @@ def _check_models(config, dataset):
                 num_classes=dataset.num_classes,
                 input_shape=dataset.x_train.shape[1:],
                 augment=config.data.augment,
-                downsampling_options=config.downsampling_options.get(name),
+                downsampling_options=config.downsampling_options,
             )
         except (ValueError, TypeError) as e:
             raise ConfigError(
