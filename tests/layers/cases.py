@@ -1,0 +1,51 @@
+"""Inputs and parameter grids shared by the layer tests."""
+
+import itertools
+
+import pytest
+
+# Odd and even lengths, so that "same" pads symmetrically and not.
+SPATIAL_SHAPES = {1: (7,), 2: (7, 6), 3: (5, 6, 5)}
+
+# (pool_size, strides): disjoint windows, then overlapping ones.
+WINDOWS = [(2, 2), (3, 2)]
+
+WINDOW_CASES = [
+    pytest.param(
+        rank,
+        padding,
+        data_format,
+        pool,
+        stride,
+        id=f"{rank}d-{padding}-{data_format}-{pool}s{stride}",
+    )
+    for rank, padding, data_format, (pool, stride) in itertools.product(
+        (1, 2, 3),
+        ("valid", "same"),
+        ("channels_last", "channels_first"),
+        WINDOWS,
+    )
+]
+
+
+def input_shape(rank, data_format, batch=2, channels=3):
+    spatial = SPATIAL_SHAPES[rank]
+    if data_format == "channels_last":
+        return (batch, *spatial, channels)
+    return (batch, channels, *spatial)
+
+
+def random_input(rng, rank, data_format, **shape_kwargs):
+    """Normal values, about half of them negative, no ties."""
+    shape = input_shape(rank, data_format, **shape_kwargs)
+    return rng.standard_normal(shape).astype("float32")
+
+
+def window_args(rank, padding, data_format, pool, stride):
+    """The layer arguments of a WINDOW_CASES case, also the reference's."""
+    return {
+        "pool_size": (pool,) * rank,
+        "strides": (stride,) * rank,
+        "padding": padding,
+        "data_format": data_format,
+    }
