@@ -277,11 +277,12 @@ def report(summary):
     """
     if summary.empty:
         return "No finished runs."
+    # (metric, title, scale): shift consistency is already a percentage.
     percent = [
-        ("test_accuracy", "test acc %"),
-        ("best_test_accuracy", "best test acc %"),
-        ("shift_consistency", "shift consistency %"),
-        ("overfit_gap", "overfit gap %"),
+        ("test_accuracy", "test acc %", 100),
+        ("best_test_accuracy", "best test acc %", 100),
+        ("shift_consistency", "shift consistency %", 1),
+        ("overfit_gap", "overfit gap %", 100),
     ]
     sections = []
     for setting, part in summary.groupby(list(SETTING_KEYS), sort=False):
@@ -292,9 +293,9 @@ def report(summary):
                 "seeds": part["n_seeds"],
             }
         )
-        for metric, title in percent:
+        for metric, title, scale in percent:
             if f"{metric}_mean" in part:
-                table[title] = _mean_std(part, metric, scale=100)
+                table[title] = _mean_std(part, metric, scale=scale)
         if "train_images_per_sec_mean" in part:
             table["train img/s"] = _mean_std(
                 part, "train_images_per_sec", digits=0
@@ -348,6 +349,8 @@ def _scatter(summary, x, y, path, xlabel, ylabel):
                 xytext=(4, 4),
                 fontsize=8,
             )
+    # Room for the labels of the outermost points.
+    ax.margins(x=0.12, y=0.08)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title("mean over seeds; bars: std over seeds")
@@ -359,6 +362,7 @@ def _scatter(summary, x, y, path, xlabel, ylabel):
 
 def _learning_curves(runs, epochs, path):
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ok = runs[runs["status"] == "ok"]
     curves = epochs.merge(ok[["run_id", *GROUP_KEYS]], on="run_id")
@@ -373,6 +377,7 @@ def _learning_curves(runs, epochs, path):
                 marker=".",
                 label=_label(setting, name, len(settings) > 1),
             )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (mean over seeds)")
     ax.legend(fontsize=8, ncol=2)
@@ -418,7 +423,7 @@ def write_plots(runs, epochs, summary, directory):
             "test_accuracy",
             "shift_consistency",
             "test accuracy",
-            "shift consistency",
+            "shift consistency (%)",
         ),
     ]
     for name, x, y, xlabel, ylabel in scatters:
