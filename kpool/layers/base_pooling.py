@@ -3,6 +3,7 @@ import math
 import numbers
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -149,9 +150,8 @@ class BasePooling(keras.layers.Layer):
                 sizes.append((n - k) // s + 1)
         return tuple(sizes)
 
-    def _pool(self, inputs, reduction):
-        pool = ops.max_pool if reduction == "max" else ops.average_pool
-        return pool(
+    def _max_pool(self, inputs):
+        return ops.max_pool(
             inputs,
             pool_size=self.pool_size,
             strides=self.strides,
@@ -159,27 +159,86 @@ class BasePooling(keras.layers.Layer):
             data_format=self.data_format,
         )
 
-    def _window_elements(self, inputs):
+    def _zero_pad(self, inputs):
+        """Pads `inputs` with zeros as `"same"` pads (not at all if valid).
+
+        Each window of the result is a `"valid"` window: `_window_elements`,
+        `_window_means` and `_average_pool` take it. Needs the spatial dims
+        to be known.
+        """
+        if self.padding == "valid":
+            return inputs
+        spatial_pads = self._same_pads(self._spatial_shape(inputs.shape))
+        return ops.pad(inputs, self._full_shape(spatial_pads, (0, 0)))
+
+    def _same_pads(self, spatial_shape):
+        pads = []
+        for n, k, s in zip(
+            spatial_shape, self.pool_size, self.strides, strict=True
+        ):
+            total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+        return pads
+
+    def _window_means(self, padded):
+        """The mean of each window of zero-padded `padded`, zeros counted."""
+        return ops.average_pool(
+            padded,
+            pool_size=self.pool_size,
+            strides=self.strides,
+            padding="valid",
+            data_format=self.data_format,
+        )
+
+    def _average_pool(self, inputs, padded):
+        """Average pooling of `inputs`; `padded` is `self._zero_pad(inputs)`.
+
+        Under `"same"` each window averages its cells inside the input only,
+        as `keras.ops.average_pool` does on TensorFlow and JAX. Its torch
+        backend (Keras 3.15) instead averages in replicated edge cells where
+        the padding is asymmetric (keras-team/keras#19721), so the layers
+        average zero-padded windows and rescale by the fraction of each
+        window inside the input, a constant of the shapes.
+        """
+        means = self._window_means(padded)
+        if self.padding == "valid":
+            return means
+        spatial = self._spatial_shape(inputs.shape)
+        fraction_inside = np.ones(())
+        for n, k, s, (before, _) in zip(
+            spatial,
+            self.pool_size,
+            self.strides,
+            self._same_pads(spatial),
+            strict=True,
+        ):
+            starts = np.arange(math.ceil(n / s)) * s - before
+            inside = np.minimum(starts + k, n) - np.maximum(starts, 0)
+            fraction_inside = np.multiply.outer(fraction_inside, inside / k)
+        fraction_inside = fraction_inside.reshape(
+            self._full_shape(fraction_inside.shape, 1)
+        )
+        return means / ops.convert_to_tensor(fraction_inside, means.dtype)
+
+    def _window_elements(self, padded):
         """Lists, for each offset in the window, that element of every window.
 
-        Entry `j` (offsets in row-major order) has the output's shape and
-        holds the `j`-th element of each window, so a reduction over a window
-        becomes elementwise arithmetic over `prod(pool_size)` tensors: no
-        patch extraction, and the gradient of each entry lands on exactly the
-        input cells it was sliced from. Under `"same"` the padded cells read
-        as zeros. Needs the spatial dims to be known.
+        `padded` is `self._zero_pad(inputs)`. Entry `j` (offsets in
+        row-major order) has the output's shape and holds the `j`-th element
+        of each window, so a reduction over a window becomes elementwise
+        arithmetic over `prod(pool_size)` tensors: no patch extraction, and
+        the gradient of each entry lands on exactly the input cells it was
+        sliced from. Padded cells read as zeros.
         """
-        spatial = self._spatial_shape(inputs.shape)
-        outputs = self._output_spatial_shape(inputs.shape)
-        if self.padding == "same":
-            pad_totals = [
-                max((out - 1) * s + k - n, 0)
-                for n, k, s, out in zip(
-                    spatial, self.pool_size, self.strides, outputs, strict=True
-                )
-            ]
-            spatial_pads = [(p // 2, p - p // 2) for p in pad_totals]
-            inputs = ops.pad(inputs, self._full_shape(spatial_pads, (0, 0)))
+        outputs = [
+            (n - k) // s + 1
+            for n, k, s in zip(
+                self._spatial_shape(padded.shape),
+                self.pool_size,
+                self.strides,
+                strict=True,
+            )
+        ]
         elements = []
         for offset in itertools.product(*(range(k) for k in self.pool_size)):
             spatial_slices = [
@@ -187,7 +246,7 @@ class BasePooling(keras.layers.Layer):
                 for o, out, s in zip(offset, outputs, self.strides, strict=True)
             ]
             elements.append(
-                inputs[tuple(self._full_shape(spatial_slices, slice(None)))]
+                padded[tuple(self._full_shape(spatial_slices, slice(None)))]
             )
         return elements
 

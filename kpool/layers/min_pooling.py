@@ -27,7 +27,7 @@ class MinPooling(BasePooling):
     """
 
     def call(self, inputs):
-        return ops.negative(self._pool(ops.negative(inputs), "max"))
+        return ops.negative(self._max_pool(ops.negative(inputs)))
 
 
 @keras.saving.register_keras_serializable(package="kpool")

@@ -18,8 +18,9 @@ class MixedPooling(BasePooling):
     """Mixed pooling: a mix of max and average pooling of each window.
 
     Every mode outputs `a * max + (1 - a) * avg`, with `max` and `avg` the
-    built-in `MaxPooling*D` and `AveragePooling*D` of the window (under
-    `"same"` both ignore padded cells). The modes differ in `a`:
+    maximum and the mean of the window's cells inside the input, as
+    `MaxPooling*D` and `AveragePooling*D` compute them on TensorFlow and JAX
+    (under `"same"` padded cells never count). The modes differ in `a`:
 
     - `"random"` (Yu et al., 2014): in training `a` is 1 (max) with
       probability `alpha` and 0 (average) otherwise, drawn independently for
@@ -46,7 +47,8 @@ class MixedPooling(BasePooling):
       `alpha=0.5`), the gradient with respect to `w` is not zero, and the
       start does not depend on the scale of the activations, as a random
       `w` would through the sigmoid's saturation. The gate needs the
-      spatial dims to be known when the layer is called.
+      spatial dims to be known when the layer is called, as does `"same"`
+      padding in every mode.
 
     Gradients reach both the max and the average paths (weighted by `a`)
     and, in the learned and gated modes, `a` itself.
@@ -146,12 +148,13 @@ class MixedPooling(BasePooling):
             )
 
     def call(self, inputs, training=False):
-        max_pooled = self._pool(inputs, "max")
-        avg_pooled = self._pool(inputs, "average")
+        padded = self._zero_pad(inputs)
+        max_pooled = self._max_pool(inputs)
+        avg_pooled = self._average_pool(inputs, padded)
         if self.mode == "learned":
             mixing = self._broadcast_channels(self.mixing_weight)
         elif self.mode == "gated":
-            mixing = ops.sigmoid(self._gate_logits(inputs))
+            mixing = ops.sigmoid(self._gate_logits(padded))
         elif training:
             mixing = self._draw_max_choices(max_pooled)
         else:
@@ -178,9 +181,9 @@ class MixedPooling(BasePooling):
         )
         return ops.cast(uniform < self.alpha, outputs.dtype)
 
-    def _gate_logits(self, inputs):
-        elements = self._window_elements(inputs)
-        kernel = ops.cast(self.gate_kernel, inputs.dtype)
+    def _gate_logits(self, padded):
+        elements = self._window_elements(padded)
+        kernel = ops.cast(self.gate_kernel, padded.dtype)
         logits = 0
         for j, element in enumerate(elements):
             logits = logits + element * self._broadcast_channels(kernel[j])

@@ -21,18 +21,19 @@ class StochasticPooling(BasePooling):
     `keras.layers.MaxPooling2D`: `floor((n - pool_size) / strides) + 1` under
     `"valid"`, `ceil(n / strides)` under `"same"`.
 
-    Inference is `average_pool(a**2) / average_pool(a)` with the built-in
-    pooling (the two averages share their count, which cancels). Training
-    draws one uniform `u` per output cell and samples by inverting the
-    window's cumulative sum: with `c_j` the running sum of the window's
-    elements in row-major order, the output is the `a_j` with
-    `c_{j-1} <= u * c_last < c_j`. The gradient reaches only the sampled
-    element. Both are computed in float32 when the compute dtype is float16
-    or bfloat16 (`a**2` overflows float16, and a bfloat16 uniform has only 8
-    bits), then cast back to the compute dtype.
+    Inference is `mean(a**2) / mean(a)` over each window, both means taken
+    by the built-in average pooling of the zero-padded `a` (they share the
+    window size as divisor, which cancels). Training draws one uniform `u`
+    per output cell and samples by inverting the window's cumulative sum:
+    with `c_j` the running sum of the window's elements in row-major order,
+    the output is the `a_j` with `c_{j-1} <= u * c_last < c_j`. The
+    gradient reaches only the sampled element. Both are computed in float32
+    when the compute dtype is float16 or bfloat16 (`a**2` overflows float16,
+    and a bfloat16 uniform has only 8 bits), then cast back to the compute
+    dtype.
 
-    Training needs the spatial dims to be known when the layer is called;
-    inference does not.
+    The spatial dims must be known when the layer is called in training or
+    under `"same"`.
 
     Reference: Zeiler and Fergus, "Stochastic Pooling for Regularization of
     Deep Convolutional Neural Networks", ICLR 2013.
@@ -75,7 +76,9 @@ class StochasticPooling(BasePooling):
         dtype = self.compute_dtype
         if dtype in ("float16", "bfloat16"):
             dtype = "float32"
-        activations = ops.relu(ops.cast(inputs, dtype))
+        # Zero padding carries no probability mass: padded cells are never
+        # sampled and add nothing to the sums.
+        activations = self._zero_pad(ops.relu(ops.cast(inputs, dtype)))
         if training:
             outputs = self._sample(activations)
         else:
@@ -83,8 +86,9 @@ class StochasticPooling(BasePooling):
         return ops.cast(outputs, self.compute_dtype)
 
     def _expectation(self, activations):
-        mean_square = self._pool(ops.square(activations), "average")
-        mean = self._pool(activations, "average")
+        # Both means divide by the window size, which cancels.
+        mean_square = self._window_means(ops.square(activations))
+        mean = self._window_means(activations)
         positive = mean > 0
         # The inner `where` keeps the unused branch finite, so that no NaN
         # reaches the gradient.

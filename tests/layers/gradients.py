@@ -7,10 +7,11 @@ import numpy as np
 
 
 def layer_gradients(layer, x, upstream, training=False):
-    """Returns `d sum(upstream * layer(x)) / d (x, trainable weights)`.
+    """Calls `layer` on `x` and differentiates `sum(upstream * outputs)`.
 
-    The result is `(input_gradient, [weight_gradient, ...])` as NumPy
-    arrays, weights in `layer.trainable_weights` order.
+    Returns `(outputs, input_gradient, weight_gradients)` as NumPy arrays,
+    the weight gradients in `layer.trainable_weights` order. The outputs are
+    those the gradients belong to (the same random draw).
     """
     if not layer.built:
         layer.build(x.shape)
@@ -21,7 +22,8 @@ def layer_gradients(layer, x, upstream, training=False):
         x = tf.constant(x)
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = tf.reduce_sum(upstream * layer(x, training=training))
+            outputs = layer(x, training=training)
+            loss = tf.reduce_sum(upstream * outputs)
         gradients = tape.gradient(loss, [x, *layer.trainable_weights])
     elif backend == "jax":
         import jax
@@ -35,15 +37,15 @@ def layer_gradients(layer, x, upstream, training=False):
         def loss(x, trainable):
             outputs, _ = layer.stateless_call(
                 trainable,
-                [v.value for v in layer.non_trainable_weights],
+                [v.value for v in layer.non_trainable_variables],
                 x,
                 **call_kwargs,
             )
-            return (upstream * outputs).sum()
+            return (upstream * outputs).sum(), outputs
 
-        input_gradient, weight_gradients = jax.grad(loss, argnums=(0, 1))(
-            x, [v.value for v in layer.trainable_weights]
-        )
+        (_, outputs), (input_gradient, weight_gradients) = jax.value_and_grad(
+            loss, argnums=(0, 1), has_aux=True
+        )(x, [v.value for v in layer.trainable_weights])
         gradients = [input_gradient, *weight_gradients]
     elif backend == "torch":
         import torch
@@ -54,7 +56,10 @@ def layer_gradients(layer, x, upstream, training=False):
         gradients = torch.autograd.grad(
             loss, [x, *(v.value for v in layer.trainable_weights)]
         )
+        outputs = outputs.detach()
     else:
         raise ValueError(f"No gradient helper for backend {backend!r}.")
-    gradients = [np.asarray(keras.ops.convert_to_numpy(g)) for g in gradients]
-    return gradients[0], gradients[1:]
+    outputs, *gradients = [
+        np.asarray(keras.ops.convert_to_numpy(t)) for t in [outputs, *gradients]
+    ]
+    return outputs, gradients[0], gradients[1:]

@@ -42,7 +42,7 @@ def test_gradient_reaches_each_windows_minimum(rng):
     layer = layers.MinPooling2D(**args)
     upstream = rng.uniform(1, 2, layer.compute_output_shape(x.shape))
     upstream = upstream.astype("float32")
-    input_gradient, _ = layer_gradients(layer, x, upstream)
+    _, input_gradient, _ = layer_gradients(layer, x, upstream)
 
     elements = reference.windows(x, **args)
     indices = reference.window_indices(x.shape, **args)

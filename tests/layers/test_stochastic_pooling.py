@@ -1,0 +1,170 @@
+import keras
+import numpy as np
+import pytest
+import reference
+
+from kpool import layers
+
+from .cases import WINDOW_CASES, random_input, window_args
+from .gradients import layer_gradients
+from .statistics import count_tolerance
+
+STOCHASTIC_POOLINGS = {
+    1: layers.StochasticPooling1D,
+    2: layers.StochasticPooling2D,
+    3: layers.StochasticPooling3D,
+}
+
+# 3x3 windows with stride 2 over 5x5 under "same": overlapping windows, and
+# the border ones hold padded cells.
+OVERLAPPING = window_args(2, "same", "channels_last", 3, 2)
+
+
+def channels_last(outputs, data_format):
+    outputs = np.asarray(outputs)
+    if data_format == "channels_first":
+        return np.moveaxis(outputs, 1, -1)
+    return outputs
+
+
+@pytest.mark.parametrize(
+    "rank, padding, data_format, pool, stride", WINDOW_CASES
+)
+def test_inference_matches_reference(
+    rng, rank, padding, data_format, pool, stride
+):
+    args = window_args(rank, padding, data_format, pool, stride)
+    x = random_input(rng, rank, data_format)
+    outputs = STOCHASTIC_POOLINGS[rank](**args)(x, training=False)
+    expected = reference.pool(x, reference.stochastic_expectation, **args)
+    np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "rank, padding, data_format, pool, stride", WINDOW_CASES
+)
+def test_training_output_is_a_positive_element_of_its_window(
+    rng, rank, padding, data_format, pool, stride
+):
+    args = window_args(rank, padding, data_format, pool, stride)
+    x = random_input(rng, rank, data_format)
+    layer = STOCHASTIC_POOLINGS[rank](**args, seed=0)
+    outputs = channels_last(layer(x, training=True), data_format)
+    elements = reference.windows(x, **args)
+    has_mass = reference.stochastic_probabilities(elements).sum(axis=-2) > 0
+    sampled_positive = (elements == outputs[..., None, :]) & (elements > 0)
+    assert np.array_equal(sampled_positive.any(axis=-2), has_mass)
+    np.testing.assert_array_equal(outputs[~has_mass], 0)
+
+
+def test_sampling_frequencies_match_probabilities(rng):
+    draws = 40_000
+    example = rng.uniform(0.5, 1.5, (1, 5, 5, 1)).astype("float32")
+    # A zero and a negative cell: both must never be sampled.
+    example[0, 0, 1, 0] = 0.0
+    example[0, 2, 2, 0] = -1.0
+    layer = layers.StochasticPooling2D(**OVERLAPPING, seed=1234)
+    outputs = np.asarray(layer(np.repeat(example, draws, 0), training=True))
+
+    elements = reference.windows(example, **OVERLAPPING)[0]
+    probabilities = reference.stochastic_probabilities(elements)
+    # The values are distinct, so an output names the element sampled.
+    counts = (outputs[..., None, :] == elements).sum(axis=0)
+    tested = (probabilities > 0) & (probabilities < 1)
+    tolerance = np.vectorize(count_tolerance)(
+        draws, probabilities, tested.sum()
+    )
+    expected = draws * probabilities
+    assert np.all(np.abs(counts - expected)[tested] < tolerance[tested])
+    # Every draw is one of the window's elements with positive probability.
+    np.testing.assert_array_equal(
+        np.where(probabilities > 0, counts, 0).sum(axis=-2), draws
+    )
+
+
+def test_windows_without_positive_inputs_give_zero_and_finite_gradients():
+    x = np.zeros((2, 4, 4, 3), "float32")
+    x[:, ::2] = -1.0
+    layer = layers.StochasticPooling2D(**OVERLAPPING, seed=0)
+    for training in (False, True):
+        outputs, input_gradient, _ = layer_gradients(
+            layer, x, np.ones((2, 2, 2, 3), "float32"), training=training
+        )
+        np.testing.assert_array_equal(outputs, 0)
+        np.testing.assert_array_equal(input_gradient, 0)
+
+
+def test_gradient_reaches_only_the_sampled_element(rng):
+    x = rng.uniform(0.5, 1.5, (2, 5, 5, 3)).astype("float32")
+    layer = layers.StochasticPooling2D(**OVERLAPPING, seed=0)
+    upstream = rng.uniform(1, 2, (2, 3, 3, 3)).astype("float32")
+    outputs, input_gradient, _ = layer_gradients(
+        layer, x, upstream, training=True
+    )
+    elements = reference.windows(x, **OVERLAPPING)
+    indices = reference.window_indices(x.shape, **OVERLAPPING)
+    sampled = np.argmax(elements == outputs[..., None, :], axis=-2)
+    chosen = np.take_along_axis(indices, sampled[..., None, :], axis=-2)
+    expected = reference.gradient_of_chosen(x.shape, chosen, upstream)
+    np.testing.assert_allclose(input_gradient, expected, rtol=1e-6)
+
+
+def test_inference_gradient_is_that_of_the_expectation(rng):
+    # d/da_k (sum a_i**2 / sum a_i) = (2 a_k - E) / sum a_i, E the output.
+    args = window_args(1, "valid", "channels_last", 3, 3)
+    x = rng.uniform(0.5, 1.5, (1, 3, 1)).astype("float32")
+    _, input_gradient, _ = layer_gradients(
+        layers.StochasticPooling1D(**args), x, np.ones((1, 1, 1), "float32")
+    )
+    a = x[0, :, 0]
+    expectation = (a**2).sum() / a.sum()
+    expected = (2 * a - expectation) / a.sum()
+    np.testing.assert_allclose(input_gradient[0, :, 0], expected, rtol=1e-5)
+
+
+def test_same_seed_same_samples_and_different_seed_different_samples(rng):
+    x = rng.uniform(0.5, 1.5, (4, 5, 5, 3)).astype("float32")
+
+    def sample(seed):
+        layer = layers.StochasticPooling2D(**OVERLAPPING, seed=seed)
+        return [np.asarray(layer(x, training=True)) for _ in range(2)]
+
+    first, second = sample(7)
+    np.testing.assert_array_equal(sample(7), [first, second])
+    # 108 cells drawing among several elements: equal draws everywhere would
+    # be a broken generator, not chance.
+    assert not np.array_equal(sample(8)[0], first)
+    assert not np.array_equal(second, first)
+
+
+def test_seeded_generator_advances_inside_jit_compiled_training(rng):
+    # With a zero learning rate the weights never move, so the loss changes
+    # from step to step only if the compiled step draws new samples.
+    jit_compile = keras.backend.backend() != "torch"
+    model = keras.Sequential(
+        [
+            keras.Input((5, 5, 3)),
+            layers.StochasticPooling2D(**OVERLAPPING, seed=3),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(keras.optimizers.SGD(0.0), "mse", jit_compile=jit_compile)
+    x = rng.uniform(0.5, 1.5, (8, 5, 5, 3)).astype("float32")
+    y = np.zeros((8, 1), "float32")
+    losses = [model.train_on_batch(x, y) for _ in range(3)]
+    assert len(set(losses)) == 3, losses
+
+
+@pytest.mark.parametrize("dtype", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_large_activations_do_not_overflow(rng, dtype):
+    # a**2 is about 9e4 here, above float16's largest finite value 65504.
+    x = rng.uniform(250, 350, (2, 5, 5, 3)).astype("float32")
+    layer = layers.StochasticPooling2D(**OVERLAPPING, dtype=dtype, seed=0)
+    outputs = layer(x, training=False)
+    assert keras.backend.standardize_dtype(outputs.dtype) == layer.compute_dtype
+    expected = reference.pool(
+        x, reference.stochastic_expectation, **OVERLAPPING
+    )
+    outputs = keras.ops.convert_to_numpy(keras.ops.cast(outputs, "float32"))
+    np.testing.assert_allclose(outputs, expected, rtol=1e-2)
