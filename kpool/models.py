@@ -305,11 +305,15 @@ _VGG11 = (1, "D", 2, "D", 4, 4, "D", 8, 8, "D", 8, 8, "D")
 
 
 def _vgg(builder, x, width, num_classes):
-    for i, item in enumerate(_VGG11):
-        if item == "D":
-            continue
-        downsample = i + 1 < len(_VGG11) and _VGG11[i + 1] == "D"
-        x = builder.conv(x, item * width, f"conv{i + 1}", downsample=downsample)
+    convs = [
+        (multiplier, _VGG11[i + 1] == "D")
+        for i, multiplier in enumerate(_VGG11)
+        if multiplier != "D"
+    ]
+    for number, (multiplier, downsample) in enumerate(convs, 1):
+        x = builder.conv(
+            x, multiplier * width, f"conv{number}", downsample=downsample
+        )
     return x
 
 

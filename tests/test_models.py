@@ -1,0 +1,297 @@
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from kpool.config import DOWNSAMPLING_CHOICES, MODEL_FAMILIES, ModelConfig
+from kpool.models import build_model, layer_seed
+
+WIDTH = 8
+IMAGES = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
+IMAGES = IMAGES.astype("float32")
+# Channels entering each downsampling, in units of `width`.
+DOWNSAMPLED_CHANNELS = {
+    "small_cnn": (1, 2),
+    "model_c": (1, 2),
+    "vgg": (1, 2, 4, 8, 8),
+    "resnet": (1, 2),
+}
+# The convs that get stride 2 under "strided" (Springenberg et al.: the conv
+# before the pooling; ResNet: the first conv of a stage and its shortcut).
+STRIDED_CONVS = {
+    "small_cnn": {"stage1_conv2", "stage2_conv2"},
+    "model_c": {"conv2", "conv4"},
+    "vgg": {"conv1", "conv2", "conv4", "conv6", "conv8"},
+    "resnet": {
+        "stage2_block1_conv1",
+        "stage2_block1_shortcut",
+        "stage3_block1_conv1",
+        "stage3_block1_shortcut",
+    },
+}
+
+
+def build(family="small_cnn", downsampling="max", seed=0, **overrides):
+    config = ModelConfig(family=family, width=WIDTH, **overrides)
+    return build_model(config, downsampling, seed=seed)
+
+
+def conv_strides(model):
+    return {
+        layer.name: tuple(layer.strides)
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Conv2D)
+    }
+
+
+def pooling_layers(model):
+    """Windowed pooling layers (the heads' global poolings excluded)."""
+    return [
+        layer
+        for layer in model.layers
+        if "Pooling" in type(layer).__name__
+        and "Global" not in type(layer).__name__
+    ]
+
+
+@pytest.mark.parametrize("downsampling", DOWNSAMPLING_CHOICES)
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def test_every_family_and_choice_runs(family, downsampling):
+    model = build(family, downsampling)
+    logits = model(IMAGES, training=True)
+    assert tuple(logits.shape) == (2, 10)
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(logits)))
+    assert model.name == f"{family}_{downsampling}"
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def test_strided_drops_the_pooling_and_strides_the_conv_before_it(family):
+    pooled = build(family, "max")
+    strided = build(family, "strided")
+    assert len(pooling_layers(pooled)) == len(DOWNSAMPLED_CHANNELS[family])
+    assert pooling_layers(strided) == []
+    assert set(conv_strides(pooled).values()) == {(1, 1)}
+    strides = conv_strides(strided)
+    assert {n for n, s in strides.items() if s == (2, 2)} == (
+        STRIDED_CONVS[family]
+    )
+    assert strides.keys() == conv_strides(pooled).keys()
+    assert strided.count_params() == pooled.count_params()
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def test_allconv_replaces_each_pooling_by_a_3x3_stride_2_conv(family):
+    pooled = build(family, "max")
+    allconv = build(family, "allconv")
+    assert pooling_layers(allconv) == []
+    extra = [
+        layer
+        for layer in allconv.layers
+        if isinstance(layer, keras.layers.Conv2D)
+        and layer.name not in conv_strides(pooled)
+    ]
+    assert [tuple(layer.kernel_size) for layer in extra] == [(3, 3)] * len(
+        DOWNSAMPLED_CHANNELS[family]
+    )
+    assert {tuple(layer.strides) for layer in extra} == {(2, 2)}
+    # Each extra conv maps c channels to c (no bias under BN) and adds a
+    # BN layer of 4 weights per channel.
+    channels = [WIDTH * m for m in DOWNSAMPLED_CHANNELS[family]]
+    added = sum(9 * c * c + 4 * c for c in channels)
+    assert allconv.count_params() == pooled.count_params() + added
+
+
+def test_parameter_counts_of_the_pooling_choices():
+    max_params = build("small_cnn", "max").count_params()
+    for name in ("avg", "min", "mixed", "stochastic"):
+        assert build("small_cnn", name).count_params() == max_params
+    # One mixing weight per layer, then 2x2 gate weights per layer, for the
+    # two downsamplings (granularity "layer").
+    assert build("small_cnn", "mixed_learned").count_params() == max_params + 2
+    assert build("small_cnn", "gated").count_params() == max_params + 8
+
+
+def test_small_cnn_parameter_count_by_hand():
+    w = WIDTH
+    convs = [(3, w), (w, w), (w, 2 * w), (2 * w, 2 * w)]
+    convs += [(2 * w, 4 * w), (4 * w, 4 * w)]
+    expected = sum(9 * cin * cout + 4 * cout for cin, cout in convs)
+    expected += 4 * w * 10 + 10  # dense head
+    assert build("small_cnn", "max").count_params() == expected
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def test_shared_layers_start_with_identical_weights(family):
+    variants = {
+        name: build(family, name, seed=3)
+        for name in ("max", "stochastic", "allconv", "mixed_learned")
+    }
+    reference = variants.pop("max")
+    weighted = [layer for layer in reference.layers if layer.weights]
+    assert len(weighted) > 5
+    for model in variants.values():
+        for layer in weighted:
+            other = model.get_layer(layer.name)
+            for a, b in zip(layer.weights, other.weights, strict=True):
+                np.testing.assert_array_equal(
+                    keras.ops.convert_to_numpy(a),
+                    keras.ops.convert_to_numpy(b),
+                )
+    # The seed matters: another run seed gives other initial weights.
+    other_seed = build(family, "max", seed=4)
+    first_conv = next(
+        layer for layer in weighted if isinstance(layer, keras.layers.Conv2D)
+    )
+    assert not np.array_equal(
+        keras.ops.convert_to_numpy(first_conv.kernel),
+        keras.ops.convert_to_numpy(
+            other_seed.get_layer(first_conv.name).kernel
+        ),
+    )
+
+
+def test_strided_conv_starts_from_the_pooled_variant_kernel():
+    pooled = build("model_c", "max", seed=1)
+    strided = build("model_c", "strided", seed=1)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(pooled.get_layer("conv2").kernel),
+        keras.ops.convert_to_numpy(strided.get_layer("conv2").kernel),
+    )
+
+
+def test_pool_position_moves_the_pooling_around_the_relu():
+    after = build("small_cnn", "avg", pool_position="after_activation")
+    before = build("small_cnn", "avg", pool_position="before_activation")
+    pool_after = after.get_layer("stage1_conv2_pool")
+    pool_before = before.get_layer("stage1_conv2_pool")
+    assert pool_after.input is after.get_layer("stage1_conv2_relu").output
+    assert pool_before.input is before.get_layer("stage1_conv2_bn").output
+    # Same weights, different functions: ReLU does not commute with avg.
+    assert not np.allclose(
+        keras.ops.convert_to_numpy(after(IMAGES)),
+        keras.ops.convert_to_numpy(before(IMAGES)),
+    )
+
+
+def test_max_pooling_commutes_with_relu():
+    after = build("small_cnn", "max", pool_position="after_activation")
+    before = build("small_cnn", "max", pool_position="before_activation")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(after(IMAGES)),
+        keras.ops.convert_to_numpy(before(IMAGES)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("head", ["gap", "gmp", "flatten"])
+def test_heads(head):
+    model = build("small_cnn", "max", head=head)
+    dense = model.get_layer("classifier")
+    # 32 -> 16 -> 8 pixels, 4 * WIDTH channels.
+    features = 8 * 8 * 4 * WIDTH if head == "flatten" else 4 * WIDTH
+    assert dense.kernel.shape == (features, 10)
+    assert tuple(model(IMAGES).shape) == (2, 10)
+
+
+def test_model_c_global_heads_pool_the_class_maps():
+    model = build("model_c", "max", head="gap")
+    assert not any(isinstance(x, keras.layers.Dense) for x in model.layers)
+    class_maps = keras.Model(model.input, model.get_layer("class_conv").output)(
+        IMAGES
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model(IMAGES)),
+        np.mean(keras.ops.convert_to_numpy(class_maps), axis=(1, 2)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_augmentation_only_in_training():
+    augmented = build("small_cnn", "max")
+    plain = build_model(ModelConfig(width=WIDTH), "max", augment=False)
+    assert "augment" in [layer.name for layer in augmented.layers]
+    assert "augment" not in [layer.name for layer in plain.layers]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(augmented(IMAGES, training=False)),
+        keras.ops.convert_to_numpy(plain(IMAGES, training=False)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def test_normalisation_uses_cifar10_statistics():
+    from kpool.augment import CIFAR10_MEAN, CIFAR10_STD
+
+    model = build("small_cnn", "max")
+    normalize = keras.Model(model.input, model.get_layer("normalize").output)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(normalize(IMAGES)),
+        (IMAGES - CIFAR10_MEAN) / CIFAR10_STD,
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_mixed_precision_keeps_float32_logits():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build("small_cnn", "stochastic")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.get_layer("stage1_conv1").compute_dtype == "float16"
+    logits = model(IMAGES, training=True)
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "tensorflow",
+    reason="TensorFlow's CPU convolutions support channels_last only",
+)
+def test_channels_first_computes_the_same_function():
+    last = build("small_cnn", "max", seed=2)
+    first = build("small_cnn", "max", seed=2, data_format="channels_first")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(last(IMAGES)),
+        keras.ops.convert_to_numpy(first(IMAGES)),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_downsampling_options_reach_the_layer():
+    config = ModelConfig(width=WIDTH)
+    model = build_model(
+        config, "mixed", downsampling_options={"mixed": {"alpha": 0.25}}
+    )
+    assert {layer.alpha for layer in pooling_layers(model)} == {0.25}
+    assert len({layer.seed for layer in pooling_layers(model)}) == 2
+
+
+def test_layer_seed_depends_on_run_seed_and_name():
+    assert layer_seed(0, "conv1") == layer_seed(0, "conv1")
+    assert layer_seed(0, "conv1") != layer_seed(1, "conv1")
+    assert layer_seed(0, "conv1") != layer_seed(0, "conv2")
+    assert 0 <= layer_seed(123, "x") < 2**31
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("family", "lenet", "`model.family` must be one of"),
+        ("head", "dense", "`model.head` must be one of"),
+        ("pool_position", "inside", "`model.pool_position` must be one of"),
+    ],
+)
+def test_bad_model_config(key, value, message):
+    config = dataclasses.replace(ModelConfig(), **{key: value})
+    with pytest.raises(ValueError, match=message):
+        build_model(config, "max")
+
+
+def test_bad_downsampling():
+    with pytest.raises(ValueError, match="`downsampling` must be one of"):
+        build_model(ModelConfig(), "median")
