@@ -141,6 +141,11 @@ def load_dataset(
                 f"`data.{key}` must be a positive int or None. "
                 f"Received: data.{key}={value!r}"
             )
+    if not isinstance(download, bool):
+        raise ValueError(
+            "`data.download` must be True or False. "
+            f"Received: data.download={download!r}"
+        )
     if source == "npz" and path is None:
         raise ValueError(
             "`data.path` must name a .npz file when data.source='npz'. "
@@ -224,7 +229,8 @@ def synthetic_dataset(
 
 
 # Images per vectorised step: small enough that the float32 temporaries stay
-# in cache (256 generated 60,000 images about 2x faster than 4096).
+# in cache. 60,000 images took 0.8-1.0 s of CPU time with 256 or 1024 and
+# 1.7-1.9 s with 4096.
 _SYNTHETIC_CHUNK = 256
 
 
@@ -263,8 +269,8 @@ def _synthetic_split(n, image_size, templates, rng):
 
 
 def _synthetic_images(labels, image_size, templates, rng):
-    """Float images in 0..255, channels first: numpy broadcasts far faster
-    over a trailing axis of 32 pixels than over one of 3 channels."""
+    # Float images in 0..255, channels first: numpy broadcasts faster over a
+    # trailing axis of 32 pixels than over one of 3 channels.
     count = len(labels)
     f32 = np.float32
     centre = rng.uniform(0.25, 0.75, (count, 2, 1, 1)) * image_size
@@ -466,7 +472,15 @@ def _load_tfds(data_dir, download):
             file=sys.stderr,
             flush=True,
         )
-        builder.download_and_prepare()
+        try:
+            builder.download_and_prepare()
+        except Exception as error:
+            # Offline, or a dependency tfds does not declare is missing:
+            # either way the data cannot be had, and a fallback may apply.
+            raise DataUnavailableError(
+                f"the tensorflow-datasets download failed "
+                f"({type(error).__name__}: {error})"
+            ) from error
     try:
         import tensorflow  # noqa: F401
     except ImportError as error:

@@ -201,6 +201,28 @@ def test_tfds_download_only_when_asked(tfds, tmp_path, capsys):
     )
 
 
+def test_tfds_download_failure_allows_the_fallback(tfds, tmp_path, capsys):
+    failing = mock.patch.object(
+        tfds.core.DatasetBuilder,
+        "download_and_prepare",
+        side_effect=ModuleNotFoundError(
+            "No module named 'importlib_resources'"
+        ),
+    )
+    with failing:
+        dataset = load_dataset(
+            "cifar10",
+            data_dir=str(tmp_path),
+            download=True,
+            fallback="synthetic",
+            subset=10,
+            test_subset=10,
+        )
+    assert dataset.fallback
+    assert "download failed (ModuleNotFoundError" in dataset.source_note
+    assert "DATA FALLBACK" in capsys.readouterr().err
+
+
 def test_tfds_prepared_is_read_without_download(tfds, capsys):
     prepared = mock.patch.object(
         tfds.core.DatasetBuilder, "is_prepared", return_value=True
@@ -265,6 +287,7 @@ def test_npz_missing_file(tmp_path):
         ({"source": "imagenet"}, "`data.source` must be one of cifar10, "),
         ({"source": "npz"}, "`data.path` must name a .npz file"),
         ({"fallback": "cifar10"}, "`data.fallback` must be None or"),
+        ({"download": "yes"}, "`data.download` must be True or False"),
         ({"subset": 0}, "`data.subset` must be a positive int"),
         ({"subset": 2.5}, "`data.subset` must be a positive int"),
         ({"subset": True}, "`data.subset` must be a positive int"),
