@@ -62,7 +62,8 @@ class DataConfig:
     path: Optional[str] = None
     # tensorflow-datasets data_dir (cifar10).
     data_dir: Optional[str] = None
-    # Train / test subset sizes; `None` uses the whole split.
+    # Train / test subset sizes; `None` uses the whole split. They are also
+    # the size of the synthetic set (CIFAR-10's 50000 / 10000 by default).
     subset: Optional[int] = None
     test_subset: Optional[int] = None
     # Seed of the subsets and of the synthetic set: one data set for every
@@ -73,9 +74,6 @@ class DataConfig:
     # Used, loudly and recorded in every row, when `source` is unavailable.
     fallback: Optional[Literal["synthetic"]] = None
     augment: bool = True
-    # Size of the synthetic set (CIFAR-10's by default).
-    synthetic_train: int = 50000
-    synthetic_test: int = 10000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,8 +284,6 @@ def _check(config):
         "train.epochs": train.epochs,
         "train.batch_size": train.batch_size,
         "model.pool_size": model.pool_size,
-        "data.synthetic_train": data.synthetic_train,
-        "data.synthetic_test": data.synthetic_test,
         "eval.batch_size": config.eval.batch_size,
     }
     optional_positive = {

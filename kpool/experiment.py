@@ -210,16 +210,19 @@ def load_data(config):
     from kpool.data import load_dataset
 
     data = config.data
-    return load_dataset(
-        data.source,
-        path=data.path,
-        data_dir=data.data_dir,
-        subset=data.subset,
-        test_subset=data.test_subset,
-        download=data.download,
-        fallback=data.fallback,
-        seed=data.seed,
-    )
+    try:
+        return load_dataset(
+            data.source,
+            path=data.path,
+            data_dir=data.data_dir,
+            subset=data.subset,
+            test_subset=data.test_subset,
+            download=data.download,
+            fallback=data.fallback,
+            seed=data.seed,
+        )
+    except ValueError as e:  # a bad `data.*` value, named in the message
+        raise ConfigError(str(e)) from e
 
 
 def _git(*args):
@@ -274,14 +277,24 @@ def _banner(lines, stream):
 def _duration(seconds):
     minutes, seconds = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
-    return (
-        f"{hours}h{minutes:02d}m{seconds:02d}s"
-        if hours
-        else (f"{minutes}m{seconds:02d}s")
-    )
+    if hours:
+        return f"{hours}h{minutes:02d}m{seconds:02d}s"
+    return f"{minutes}m{seconds:02d}s"
 
 
-def run_experiment(config, *, shard=None, verbose=1, out=sys.stdout):
+def _plan(config, shard, directory, dataset_name, backend):
+    """The selected runs as (spec, run_id, single-run config): those to
+    train, and those already finished in `directory`."""
+    finished = results.finished_run_ids(directory)
+    todo, skipped = [], []
+    for spec in select_shard(grid(config), shard):
+        data = run_config(config, spec.downsampling, spec.seed)
+        key = run_id(data, dataset_name, backend)
+        (skipped if key in finished else todo).append((spec, key, data))
+    return todo, skipped
+
+
+def run_experiment(config, *, shard=None, verbose=1, out=None):
     """Runs the experiment's grid (or one shard of it); returns an Outcome.
 
     Everything that can be checked is checked before the first run trains:
@@ -293,7 +306,7 @@ def run_experiment(config, *, shard=None, verbose=1, out=sys.stdout):
     import yaml
 
     def say(*parts):
-        print(*parts, file=out, flush=True)
+        print(*parts, file=out or sys.stdout, flush=True)
 
     _check_downsampling_names(config)
     directory = pathlib.Path(config.output_dir) / config.name
@@ -313,15 +326,9 @@ def run_experiment(config, *, shard=None, verbose=1, out=sys.stdout):
     _check_models(config, dataset)
     env = environment()
 
-    specs = select_shard(grid(config), shard)
-    finished = results.finished_run_ids(directory)
-    runs = []
-    for spec in specs:
-        data = run_config(config, spec.downsampling, spec.seed)
-        key = run_id(data, dataset.name, env["backend"])
-        runs.append((spec, key, data))
-    todo = [run for run in runs if run[1] not in finished]
-    skipped = [spec for spec, key, _ in runs if key in finished]
+    todo, skipped = _plan(
+        config, shard, directory, dataset.name, env["backend"]
+    )
 
     directory.mkdir(parents=True, exist_ok=True)
     with results.atomic_open(directory / results.CONFIG_FILE) as f:
@@ -329,8 +336,9 @@ def run_experiment(config, *, shard=None, verbose=1, out=sys.stdout):
     where = f"shard {shard[0]}/{shard[1]}: " if shard else ""
     say(
         f"{config.name}: {len(grid(config))} runs in the grid; {where}"
-        f"{len(runs)} selected, {len(skipped)} finished already, "
-        f"{len(todo)} to train. Results: {directory}"
+        f"{len(todo) + len(skipped)} selected, "
+        f"{len(skipped)} finished already, {len(todo)} to train. "
+        f"Results: {directory}"
     )
 
     shared = {
@@ -376,7 +384,7 @@ def run_experiment(config, *, shard=None, verbose=1, out=sys.stdout):
         f"failed {len(failed)} in {_duration(time.monotonic() - start)}. "
         f"Results: {directory}"
     )
-    return Outcome(directory, trained, skipped, failed)
+    return Outcome(directory, trained, [spec for spec, *_ in skipped], failed)
 
 
 def _train_one(config, spec, dataset, verbose):

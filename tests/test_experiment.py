@@ -133,3 +133,84 @@ def test_directory_refuses_a_different_config(tmp_path, config):
     changed = {**data, "train": {**data["train"], "epochs": 3}}
     with pytest.raises(ConfigError, match=r"train\.epochs: 10 -> 3"):
         experiment._check_directory_config(tmp_path, changed)
+
+
+def test_failed_run_is_recorded_and_the_rest_continue(tmp_path, monkeypatch):
+    """A stand-in trainer (no training) fails one run, then succeeds."""
+    import types
+
+    import pandas as pd
+
+    import kpool.training
+
+    config = config_from_dict(
+        {
+            "output_dir": str(tmp_path),
+            "downsampling": ["max", "avg"],
+            "data": {
+                "source": "synthetic",
+                "subset": 32,
+                "test_subset": 16,
+            },
+            "train": {"epochs": 1},
+        }
+    )
+    calls = []
+
+    def train_run(config, downsampling, seed, dataset, **kwargs):
+        calls.append(downsampling)
+        if downsampling == "avg" and broken:
+            raise RuntimeError("boom")
+        metrics = {"test_accuracy": 0.5, "epoch_seconds": 1.0}
+        epochs = [{"epoch": 1, "test_accuracy": 0.5}]
+        return types.SimpleNamespace(metrics=metrics, epochs=epochs)
+
+    monkeypatch.setattr(kpool.training, "train_run", train_run)
+    broken = True
+    outcome = experiment.run_experiment(config, verbose=0)
+    assert calls == ["max", "avg"]
+    assert [s.downsampling for s in outcome.failed] == ["avg"]
+    runs = pd.read_csv(tmp_path / "experiment" / "runs.csv")
+    failed = runs.set_index("downsampling").loc["avg"]
+    assert failed["status"] == "failed"
+    assert failed["error"] == "RuntimeError: boom"
+    assert pd.isna(failed["test_accuracy"])
+
+    broken = False
+    outcome = experiment.run_experiment(config, verbose=0)
+    assert calls == ["max", "avg", "avg"]
+    assert [s.downsampling for s in outcome.skipped] == ["max"]
+    runs = pd.read_csv(tmp_path / "experiment" / "runs.csv")
+    assert sorted(runs["status"]) == ["ok", "ok"] and len(runs) == 2
+
+
+def test_fallback_is_loud_and_recorded(tmp_path, monkeypatch, capsys):
+    import types
+
+    import pandas as pd
+
+    import kpool.training
+
+    def train_run(config, downsampling, seed, dataset, **kwargs):
+        return types.SimpleNamespace(metrics={"test_accuracy": 0.5}, epochs=[])
+
+    monkeypatch.setattr(kpool.training, "train_run", train_run)
+    config = config_from_dict(
+        {
+            "output_dir": str(tmp_path),
+            "data": {
+                "source": "cifar10",
+                "path": str(tmp_path / "missing"),
+                "fallback": "synthetic",
+                "subset": 20,
+                "test_subset": 10,
+            },
+        }
+    )
+    experiment.run_experiment(config, verbose=0)
+    assert "Training on the SYNTHETIC fallback" in capsys.readouterr().err
+    row = pd.read_csv(tmp_path / "experiment" / "runs.csv").iloc[0]
+    assert row["dataset"] == "synthetic"
+    assert bool(row["data_fallback"]) is True
+    assert "cifar10 unavailable" in row["data_source_note"]
+    assert (row["n_train"], row["n_test"]) == (20, 10)

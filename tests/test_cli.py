@@ -1,0 +1,394 @@
+"""End-to-end tests of `kpool run / report / merge` on synthetic data.
+
+One tiny experiment (2 choices x 2 seeds, 2 epochs) runs once in this
+process and once in real subprocesses (killed and resumed); the tests
+compare the two and rerun parts of it.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from kpool import cli, results
+from kpool.config import config_from_dict, load_config
+
+TINY = {
+    "name": "tiny",
+    "model": {"family": "small_cnn", "width": 4},
+    "downsampling": ["max", "stochastic"],
+    "seeds": [0, 1],
+    "data": {
+        "source": "synthetic",
+        "subset": 256,
+        "test_subset": 128,
+    },
+    "train": {
+        "epochs": 2,
+        "batch_size": 64,
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+    },
+    "eval": {"max_images": 64, "batch_size": 64},
+}
+RUNS = 4
+REQUIRED_COLUMNS = [
+    "experiment",
+    "run_id",
+    "model",
+    "downsampling",
+    "head",
+    "seed",
+    "dataset",
+    "n_train",
+    "n_test",
+    "backend",
+    "device",
+    "precision",
+    "jit_compile",
+    "epochs",
+    "params",
+    "test_accuracy",
+    "test_loss",
+    "train_accuracy",
+    "train_loss",
+    "best_test_accuracy",
+    "train_seconds",
+    "train_images_per_sec",
+    "eval_images_per_sec",
+    "status",
+    "started_at",
+    "finished_at",
+    "git_commit",
+    "git_dirty",
+    "keras_version",
+    "backend_version",
+    "python_version",
+    "data_source_note",
+    "data_fallback",
+    "shift_consistency",
+    "shift_accuracy_1px",
+    "shift_accuracy_4px",
+    "receptive_field",
+    "flops_per_image",
+    "overfit_gap",
+    "run_config",
+]
+# Columns that measure time; everything else must repeat exactly.
+TIMING = ("seconds", "per_sec", "ms_per_step", "_at")
+
+
+BLOCK_TENSORFLOW = """
+import importlib.abc
+import sys
+
+
+class BlockTensorFlow(importlib.abc.MetaPathFinder):
+    # `import tensorflow` fails as on a machine without it: the JAX
+    # training path must not need it.
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("tensorflow", "tensorflow_datasets"):
+            raise ImportError(f"{name} is blocked by the test")
+
+
+sys.meta_path.insert(0, BlockTensorFlow())
+from kpool.cli import main
+
+code = main(sys.argv[1:])
+assert "tensorflow" not in sys.modules
+sys.exit(code)
+"""
+
+
+def write_config(path, **changes):
+    path.write_text(yaml.safe_dump({**TINY, **changes}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def config_path(workdir):
+    return write_config(workdir / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def finished(workdir, config_path):
+    """The tiny experiment, run once: (directory, runs, epochs, stdout)."""
+    out = workdir / "results"
+    code = cli.main(["run", str(config_path), "--output-dir", str(out)])
+    assert code == 0
+    directory = out / "tiny"
+    return (
+        directory,
+        pd.read_csv(directory / "runs.csv"),
+        pd.read_csv(directory / "epochs.csv"),
+    )
+
+
+def test_tables_columns_and_values(finished, config_path):
+    directory, runs, epochs = finished
+    missing = [c for c in REQUIRED_COLUMNS if c not in runs]
+    assert not missing
+    assert len(runs) == RUNS and runs["run_id"].is_unique
+    assert set(runs["status"]) == {"ok"}
+    assert set(runs["dataset"]) == {"synthetic"}
+    assert set(runs["experiment"]) == {"tiny"}
+    assert sorted(zip(runs["downsampling"], runs["seed"], strict=True)) == [
+        ("max", 0),
+        ("max", 1),
+        ("stochastic", 0),
+        ("stochastic", 1),
+    ]
+    assert (runs["n_train"] == 256).all() and (runs["n_test"] == 128).all()
+    for column in [
+        "test_accuracy",
+        "train_accuracy",
+        "best_test_accuracy",
+        "shift_accuracy_1px",
+    ]:
+        assert runs[column].between(0, 1).all(), column
+    assert (runs["best_test_accuracy"] >= runs["test_accuracy"] - 1e-9).all()
+    assert (runs["params"] > 0).all()
+    assert (runs["flops_per_image"] > 0).all()
+    assert (runs["train_images_per_sec"] > 0).all()
+    assert list(runs["epochs"].unique()) == [2]
+    # Every run's config is stored and reproduces its run_id's grid cell.
+    for _, row in runs.iterrows():
+        single = yaml.safe_load(row["run_config"])
+        assert single["downsampling"] == [row["downsampling"]]
+        assert single["seeds"] == [row["seed"]]
+
+    assert len(epochs) == RUNS * 2
+    assert set(epochs["run_id"]) == set(runs["run_id"])
+    assert sorted(epochs["epoch"].unique()) == [1, 2]
+    assert epochs["test_accuracy"].between(0, 1).all()
+
+    written = yaml.safe_load((directory / "config.yaml").read_text())
+    expected = load_config(config_path, [f"output_dir={directory.parent}"])
+    assert config_from_dict(written) == expected
+    summary = pd.read_csv(directory / "summary.csv")
+    assert sorted(summary["downsampling"]) == ["max", "stochastic"]
+    assert (summary["n_seeds"] == 2).all()
+    for name in [
+        "accuracy_vs_throughput.png",
+        "learning_curves.png",
+        "shift_consistency_vs_accuracy.png",
+    ]:
+        assert (directory / name).stat().st_size > 0, name
+
+
+def test_report_prints_the_summary(finished, capsys):
+    directory, runs, _ = finished
+    assert cli.main(["report", str(directory)]) == 0
+    text = capsys.readouterr().out
+    assert "model=small_cnn, dataset=synthetic" in text
+    assert "| rank | downsampling | seeds | test acc % |" in text
+    summary = results.summarize(runs)
+    best = summary.iloc[0]
+    assert f"| 1 | {best['downsampling']} | 2 | " in text
+
+
+def test_rerun_skips_finished_runs(finished, config_path, monkeypatch, capsys):
+    directory, runs, _ = finished
+    import kpool.training
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(kpool.training, "train_run", fail)
+    out = str(directory.parent)
+    assert cli.main(["run", str(config_path), "--output-dir", out]) == 0
+    assert "4 finished already, 0 to train" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_csv(directory / "runs.csv"), runs)
+
+
+def test_shards_then_merge_equal_the_unsharded_run(finished, workdir):
+    _, runs, _ = finished
+    shared = workdir / "shared"
+    for shard in ("1/2", "2/2"):
+        code = cli.main(
+            [
+                "run",
+                str(workdir / "tiny.yaml"),
+                "--output-dir",
+                str(shared),
+                "--shard",
+                shard,
+                "--set",
+                "seeds=[0]",
+            ]
+        )
+        assert code == 0
+    directory = shared / "tiny"
+    one = pd.read_csv(directory / "runs.shard-1-of-2.csv")
+    two = pd.read_csv(directory / "runs.shard-2-of-2.csv")
+    assert list(one["downsampling"]) == ["max"]
+    assert list(two["downsampling"]) == ["stochastic"]
+    assert not (directory / "runs.csv").exists()
+    merged = workdir / "merged"
+    assert cli.main(["merge", str(directory), "--out", str(merged)]) == 0
+    merged_ids = set(pd.read_csv(merged / "runs.csv")["run_id"])
+    assert merged_ids == set(runs.loc[runs["seed"] == 0, "run_id"])
+    assert len(pd.read_csv(merged / "epochs.csv")) == 2 * 2
+    assert (merged / "summary.csv").exists()
+
+
+def _rows(path):
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+@pytest.fixture(scope="module")
+def resumed(workdir):
+    """Seed 0 of the tiny experiment in real processes: SIGKILLed after its
+    first finished run, then run again to the end.
+
+    Returns (runs table at the kill, final runs table, final epochs table,
+    stdout of the second process).
+    """
+    out = workdir / "killed"
+    # Under JAX, the backend of the GPU path, with TensorFlow unimportable.
+    if os.environ.get("KERAS_BACKEND") == "jax":
+        entry = ["-c", BLOCK_TENSORFLOW]
+    else:
+        entry = ["-m", "kpool.cli"]
+    command = [
+        sys.executable,
+        *entry,
+        "run",
+        str(workdir / "tiny.yaml"),
+        "--output-dir",
+        str(out),
+        "--verbose",
+        "0",
+        "--set",
+        "seeds=[0]",
+    ]
+    runs_csv = out / "tiny" / "runs.csv"
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while _rows(runs_csv).empty:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "no run finished in time"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+    killed = pd.read_csv(runs_csv)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return (
+        killed,
+        pd.read_csv(runs_csv),
+        pd.read_csv(out / "tiny" / "epochs.csv"),
+        done.stdout,
+    )
+
+
+@pytest.mark.slow
+def test_resume_after_kill(finished, resumed):
+    """Killing a real run loses at most the run in progress, never corrupts
+    a table, and the rerun trains nothing twice."""
+    killed, final, epochs, stdout = resumed
+    runs = finished[1]
+    assert len(killed) == 1
+    assert set(killed["status"]) == {"ok"}
+    complete = killed[["test_accuracy", "params", "finished_at"]]
+    assert complete.notna().all().all()
+    assert "1 finished already, 1 to train" in stdout
+    seed_0 = runs.loc[runs["seed"] == 0, "run_id"]
+    assert sorted(final["run_id"]) == sorted(seed_0)
+    assert set(final["status"]) == {"ok"}
+    before = killed.set_index("run_id")["started_at"]
+    after = final.set_index("run_id").loc[before.index, "started_at"]
+    pd.testing.assert_series_equal(after, before)
+    assert len(epochs) == 2 * 2 and epochs["run_id"].nunique() == 2
+
+
+@pytest.mark.slow
+def test_same_config_twice_gives_identical_metrics(finished, resumed):
+    """The runs of the killed-and-resumed processes repeat the in-process
+    runs of the same config exactly, apart from timings. (Under JAX, those
+    processes also show that `kpool run` works without TensorFlow.)"""
+    again = resumed[1].set_index("run_id")
+    runs = finished[1].set_index("run_id").loc[again.index]
+    metrics = [
+        c
+        for c in runs.columns
+        if pd.api.types.is_numeric_dtype(runs[c])
+        and not any(t in c for t in TIMING)
+    ]
+    assert {"test_accuracy", "shift_consistency", "params"} <= set(metrics)
+    pd.testing.assert_frame_equal(again[metrics], runs[metrics])
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--set", "train.epochz=3"], "`train.epochz`"),
+        (["--set", "train.epochs"], "must look like `key.sub=value`"),
+        (["--set", "downsampling=[max, lp]"], "`downsampling[1]`"),
+        (["--set", "data.source=npz"], "`data.path`"),
+        (["--shard", "3/2"], "`--shard` must be i/n"),
+    ],
+)
+def test_config_errors_exit_2(config_path, arguments, message, capsys):
+    code = cli.main(["run", str(config_path), *arguments])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_missing_config_and_results_exit_2(tmp_path, capsys):
+    assert cli.main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert "No runs*.csv" in capsys.readouterr().err
+
+
+def test_directory_with_another_config_exits_2(finished, config_path, capsys):
+    directory, _, _ = finished
+    code = cli.main(
+        [
+            "run",
+            str(config_path),
+            "--output-dir",
+            str(directory.parent),
+            "--set",
+            "train.epochs=3",
+        ]
+    )
+    assert code == 2
+    assert "train.epochs: 2 -> 3" in capsys.readouterr().err
+
+
+def test_missing_data_exits_3_before_training(config_path, tmp_path, capsys):
+    missing = tmp_path / "cifar-10-python.tar.gz"
+    code = cli.main(
+        [
+            "run",
+            str(config_path),
+            "--output-dir",
+            str(tmp_path),
+            "--set",
+            "data.source=cifar10",
+            "--set",
+            f"data.path={missing}",
+        ]
+    )
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "data unavailable" in err and "Traceback" not in err
+    assert not (tmp_path / "tiny").exists()
