@@ -275,7 +275,7 @@ def _tf_batches(images, labels, batches):
         index = tf.data.Dataset.from_generator(
             lambda: iter(batches),
             output_signature=tf.TensorSpec([None], tf.int32),
-        )
+        ).apply(tf.data.experimental.assert_cardinality(len(batches)))
     else:
         index = tf.data.Dataset.from_tensor_slices(
             batches.reshape(-1, batches.shape[-1])
@@ -475,9 +475,10 @@ def make_optimizer(optimizer_config, learning_rate, model):
             momentum=optimizer_config.momentum,
             nesterov=optimizer_config.nesterov,
             l2=decay,
+            name="sgd",
         )
     elif name == "adam":
-        optimizer = _L2Adam(learning_rate=learning_rate, l2=decay)
+        optimizer = _L2Adam(learning_rate=learning_rate, l2=decay, name="adam")
     elif name == "adamw":
         optimizer = keras.optimizers.AdamW(
             learning_rate=learning_rate, weight_decay=decay
