@@ -1,0 +1,122 @@
+"""Times kpool's pooling layers against `keras.layers.MaxPooling2D`.
+
+Each layer runs forward plus backward on a `(128, 32, 32, 64)` float32
+channels_last batch, at 2x2/s2 and 3x3/s2, in every compile mode of the
+backend (`kpool.bench.COMPILE_MODES`; the mode Keras's `jit_compile="auto"`
+picks is marked `default_compile_mode`). A time is the median after warm-up;
+every layer is timed interleaved with MaxPooling2D in the same process, and
+the ratio to it is what the goals are about (`kpool.bench.RATIO_GOALS`).
+`--model-fit` adds the ratio a user sees: one `model.fit` epoch of a tiny
+conv net with its pooling layers swapped.
+
+    KERAS_BACKEND=jax python experiments/bench_layers.py --model-fit
+
+Writes `layers_<backend>.csv` (and `model_fit_<backend>.csv`) under
+`--output-dir` (default results/layers/).
+"""
+
+import argparse
+import os
+
+import keras
+
+from kpool import bench
+
+LAYER_COLUMNS = (
+    "layer",
+    "mode_phase",
+    "pool",
+    "compile_mode",
+    "median_ms",
+    "maxpool_median_ms",
+    "ratio",
+    "goal_ratio",
+    "meets_goal",
+)
+FIT_COLUMNS = (
+    "layer",
+    "mode_phase",
+    "pool",
+    "jit_compile",
+    "resolved_jit_compile",
+    "median_ms_per_step",
+    "maxpool_median_ms_per_step",
+    "ratio",
+)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output-dir", default="results/layers")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--batch-shape", type=int, nargs=4, default=(128, 32, 32, 64)
+    )
+    parser.add_argument("--padding", default="valid", choices=["valid", "same"])
+    parser.add_argument(
+        "--compile-modes",
+        nargs="+",
+        help="default: every mode of the backend "
+        f"({ {b: list(m) for b, m in bench.COMPILE_MODES.items()} })",
+    )
+    parser.add_argument(
+        "--model-fit",
+        action="store_true",
+        help="also time model.fit of a tiny conv net per pooling layer",
+    )
+    parser.add_argument(
+        "--fit-jit-compile",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "true", "false"],
+        help="jit_compile values for --model-fit",
+    )
+    parser.add_argument("--fit-repeats", type=int, default=7)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny shapes and few repeats: checks that it runs, nothing more",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    backend = keras.backend.backend()
+    layer_settings = dict(
+        batch_shape=tuple(args.batch_shape),
+        padding=args.padding,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        compile_modes=args.compile_modes,
+    )
+    fit_settings = dict(padding=args.padding, repeats=args.fit_repeats)
+    if args.quick:
+        layer_settings.update(batch_shape=(4, 8, 8, 4), repeats=2, warmup=1)
+        fit_settings.update(batch_size=8, steps=2, repeats=1)
+    for mode, meaning in bench.COMPILE_MODES[backend].items():
+        print(f"{backend} compile mode {mode!r}: {meaning}")
+    print(f"Keras's default here: {bench.default_compile_mode()!r}")
+
+    rows = bench.benchmark_layers(**layer_settings)
+    path = os.path.join(args.output_dir, f"layers_{backend}.csv")
+    bench.write_csv(rows, path)
+    print(bench.format_table(rows, LAYER_COLUMNS))
+    print(f"Wrote {path} ({rows[0]['device']}, {rows[0]['machine']})")
+
+    if args.model_fit:
+        rows = []
+        for value in args.fit_jit_compile:
+            jit_compile = {"true": True, "false": False}.get(value, value)
+            rows += bench.benchmark_model_fit(
+                jit_compile=jit_compile, **fit_settings
+            )
+        path = os.path.join(args.output_dir, f"model_fit_{backend}.csv")
+        bench.write_csv(rows, path)
+        print(bench.format_table(rows, FIT_COLUMNS))
+        print(f"Wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

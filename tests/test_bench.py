@@ -1,0 +1,296 @@
+"""Smoke tests of the benchmark helpers and scripts, on tiny shapes.
+
+They check that every function runs on this backend and that the tables
+carry the columns and values the scripts promise, not how fast anything is.
+"""
+
+import csv
+import os
+import runpy
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from kpool import bench
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# Makes `import tensorflow` fail, as on a machine without it. (Setting
+# `sys.modules["tensorflow"] = None` would not do: Keras reads a name in
+# `sys.modules` as a sign that TensorFlow is in use.)
+BLOCK_TENSORFLOW = """
+import sys
+
+class BlockTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ImportError("tensorflow is blocked")
+
+sys.meta_path.insert(0, BlockTensorFlow())
+"""
+
+
+def load_script(name):
+    return runpy.run_path(os.path.join(REPO, "experiments", name))
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_time_interleaved_warms_up_then_rotates_the_order():
+    calls = []
+    candidates = {name: (lambda n=name: calls.append(n)) for name in "abc"}
+    times = bench.time_interleaved(candidates, repeats=3, warmup=2)
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]
+    assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert {name: len(t) for name, t in times.items()} == dict.fromkeys(
+        "abc", 3
+    )
+    assert all(t >= 0 for seconds in times.values() for t in seconds)
+
+
+def test_median_ms():
+    assert bench.median_ms([0.003, 0.001, 0.002]) == pytest.approx(2.0)
+    assert bench.median_ms([0.001, 0.004]) == pytest.approx(2.5)
+
+
+def test_pooling_bytes_counts_three_inputs_and_two_outputs():
+    # 2x8x8x3 in, 2x4x4x3 out: 384 and 96 elements.
+    assert bench.pooling_bytes((2, 8, 8, 3), (2, 4, 4, 3), "float32") == 4 * (
+        3 * 384 + 2 * 96
+    )
+    assert bench.pooling_bytes((2, 8, 8, 3), (2, 4, 4, 3), "bfloat16") == 2 * (
+        3 * 384 + 2 * 96
+    )
+
+
+def test_unknown_compile_mode_names_the_allowed_ones():
+    allowed = list(bench.COMPILE_MODES[keras.backend.backend()])
+    with pytest.raises(ValueError, match="`compile_mode` must be one of") as e:
+        bench.compile_function(lambda x: x, "fastest")
+    assert str(allowed) in str(e.value)
+
+
+def test_default_compile_mode_is_what_keras_auto_resolves_to():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(loss="mse", jit_compile="auto")
+    compiled = bench.default_compile_mode() not in ("graph", "eager")
+    assert model.jit_compile == compiled
+
+
+def test_layer_step_runs_forward_and_backward():
+    # Distinct inputs: each 2x2 window has one maximum, which alone gets the
+    # (random, non-zero) output gradient of its window.
+    x = np.random.default_rng(0).permutation(96).reshape(2, 4, 4, 3)
+    x = x.astype("float32")
+    step = bench.layer_step(
+        keras.layers.MaxPooling2D(2),
+        keras.ops.convert_to_tensor(x),
+        training=True,
+        compile_mode=bench.default_compile_mode(),
+    )
+    outputs, grads = step()
+    windows = x.reshape(2, 2, 2, 2, 2, 3).transpose(0, 1, 3, 5, 2, 4)
+    windows = windows.reshape(2, 2, 2, 3, 4)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(outputs), windows.max(-1)
+    )
+    assert len(grads) == 1
+    input_grad = keras.ops.convert_to_numpy(grads[0])
+    is_max = x == np.repeat(np.repeat(windows.max(-1), 2, 1), 2, 2)
+    assert np.all((input_grad != 0) == is_max)
+
+
+def test_layer_step_returns_weight_gradients_and_advances_the_seed():
+    inputs = keras.random.uniform((2, 8, 8, 3), seed=0)
+    mode = bench.default_compile_mode()
+    learned = bench.make_layer("MixedPooling2D", "learned", pool_size=2)
+    _, grads = bench.layer_step(
+        learned, inputs, training=True, compile_mode=mode
+    )()
+    assert [tuple(g.shape) for g in grads] == [(2, 8, 8, 3), ()]
+
+    stochastic = bench.make_layer(
+        "StochasticPooling2D", "training", pool_size=2
+    )
+    step = bench.layer_step(
+        stochastic, inputs, training=True, compile_mode=mode
+    )
+    first, _ = step()
+    second, _ = step()
+    assert not np.array_equal(
+        keras.ops.convert_to_numpy(first), keras.ops.convert_to_numpy(second)
+    )
+
+
+def test_format_table_aligns_columns():
+    rows = [{"a": 1, "b": "xyz"}, {"a": 22, "b": "w"}]
+    assert bench.format_table(rows, ["a", "b"]).splitlines() == [
+        "a   b  ",
+        "1   xyz",
+        "22  w  ",
+    ]
+
+
+def test_write_csv_round_trips(tmp_path):
+    path = tmp_path / "sub" / "table.csv"
+    bench.write_csv([{"x": 1, "y": "a"}, {"x": 2, "y": "b"}], str(path))
+    assert read_csv(path) == [{"x": "1", "y": "a"}, {"x": "2", "y": "b"}]
+    assert os.listdir(path.parent) == ["table.csv"]
+
+
+def test_bench_layers_script_writes_every_case_with_its_ratio(tmp_path):
+    main = load_script("bench_layers.py")["main"]
+    main(
+        [
+            "--quick",
+            "--model-fit",
+            "--compile-modes",
+            bench.default_compile_mode(),
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
+    backend = keras.backend.backend()
+    rows = read_csv(tmp_path / f"layers_{backend}.csv")
+    cases = {(layer, mode) for layer, mode, _ in bench.LAYER_CASES}
+    assert {(r["layer"], r["mode_phase"]) for r in rows} == cases
+    assert {r["pool"] for r in rows} == {"2x2/s2/valid", "3x3/s2/valid"}
+    for row in rows:
+        assert row["backend"] == backend
+        assert row["compile_mode"] == bench.default_compile_mode()
+        assert row["dtype"] == "float32"
+        assert row["device"] and row["machine"] and row["date"]
+        ratio = float(row["median_ms"]) / float(row["maxpool_median_ms"])
+        assert float(row["ratio"]) == pytest.approx(ratio, rel=1e-2)
+        goal = float(row["goal_ratio"])
+        assert row["meets_goal"] == str(float(row["ratio"]) <= goal)
+
+    rows = read_csv(tmp_path / f"model_fit_{backend}.csv")
+    training_cases = {
+        (layer, mode) for layer, mode, t in bench.LAYER_CASES if t
+    }
+    assert {(r["layer"], r["mode_phase"]) for r in rows} == training_cases
+    for row in rows:
+        step_ratio = float(row["median_ms_per_step"]) / float(
+            row["maxpool_median_ms_per_step"]
+        )
+        assert float(row["ratio"]) == pytest.approx(step_ratio, rel=1e-2)
+
+
+def test_conv_model_uses_the_given_pooling_twice():
+    model = bench.conv_model(
+        lambda: bench.make_layer("MinPooling2D", "", pool_size=2)
+    )
+    pools = [layer for layer in model.layers if "min_pooling" in layer.name]
+    assert len(pools) == 2
+    assert model.output_shape == (None, 10)
+    x = np.zeros((1, 32, 32, 3), "float32")
+    assert model(x).shape == (1, 10)
+
+
+@pytest.mark.slow
+def test_bench_gpu_script_runs_end_to_end_without_tensorflow(tmp_path):
+    # The GPU machine has no TensorFlow: off that backend the script runs
+    # with `import tensorflow` made to fail, and must not import it.
+    config = tmp_path / "ablation.yaml"
+    config.write_text(
+        "name: ablation\n"
+        "model: {family: small_cnn}\n"
+        "downsampling: [max, mixed]\n"
+        "seeds: [0, 1]\n"
+        "train: {epochs: 5}\n"
+    )
+    output_dir = tmp_path / "out"
+    backend = keras.backend.backend()
+    args = [
+        "--quick",
+        "--families",
+        "small_cnn",
+        "--choices",
+        "max",
+        "mixed",
+        "--config",
+        str(config),
+        "--output-dir",
+        str(output_dir),
+    ]
+    script = os.path.join(REPO, "experiments", "bench_gpu.py")
+    code = "" if backend == "tensorflow" else BLOCK_TENSORFLOW
+    code += f"""
+import runpy, sys
+sys.argv = ["bench_gpu.py", *{args!r}]
+runpy.run_path({script!r}, run_name="__main__")
+assert {backend!r} == "tensorflow" or "tensorflow" not in sys.modules
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "KERAS_BACKEND": backend},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(output_dir)) == [
+        "layers.csv",
+        "projection.csv",
+        "throughput.png",
+        "training.csv",
+    ]
+
+    layers = read_csv(output_dir / "layers.csv")
+    assert len(layers) == len(bench.LAYER_CASES)
+    for row in layers:
+        assert row["dataset"] == "synthetic" and row["backend"] == backend
+        achieved = int(row["min_bytes"]) / float(row["median_ms"]) / 1e6
+        assert float(row["achieved_gb_per_sec"]) == pytest.approx(
+            achieved, rel=0.05, abs=0.01
+        )
+        fraction = float(row["achieved_gb_per_sec"]) / float(
+            row["copy_gb_per_sec"]
+        )
+        assert float(row["fraction_of_copy"]) == pytest.approx(
+            fraction, rel=0.05, abs=0.01
+        )
+
+    training = {
+        r["downsampling"]: r for r in read_csv(output_dir / "training.csv")
+    }
+    assert set(training) == {"max", "mixed"}
+    assert float(training["max"]["epoch_time_vs_max"]) == 1.0
+    for row in training.values():
+        assert row["model"] == "small_cnn" and row["device"] == "cpu"
+        assert row["dataset"] == "synthetic" and row["precision"]
+        assert int(row["n_train"]) == 256 and int(row["epochs"]) == 2
+        images_per_sec = float(row["train_images_per_sec"])
+        assert images_per_sec > 0
+        tflops = 6 * int(row["forward_macs_per_image"]) * images_per_sec / 1e12
+        assert float(row["train_tflops"]) == pytest.approx(tflops, abs=1e-3)
+        # No peak is known for a CPU.
+        assert row["fraction_of_peak"] == "nan"
+
+    projection = read_csv(output_dir / "projection.csv")
+    assert [r["downsampling"] for r in projection] == ["max", "mixed"]
+    for row in projection:
+        run = training[row["downsampling"]]
+        run_seconds = (
+            float(run["train_seconds"])
+            + float(run["eval_seconds"])
+            + 3
+            * (
+                float(run["epoch_seconds"])
+                + float(run["validation_seconds_per_epoch"])
+            )
+        )
+        assert float(row["projected_run_seconds"]) == pytest.approx(
+            run_seconds, abs=0.1
+        )
+        assert float(row["projected_seconds"]) == pytest.approx(
+            2 * float(row["projected_run_seconds"]), abs=0.1
+        )
