@@ -66,6 +66,11 @@ def parse_args(argv):
         help="also time model.fit of a tiny conv net per pooling layer",
     )
     parser.add_argument(
+        "--skip-layers",
+        action="store_true",
+        help="run only --model-fit (keeps an earlier layers CSV)",
+    )
+    parser.add_argument(
         "--fit-jit-compile",
         nargs="+",
         default=["auto"],
@@ -99,11 +104,12 @@ def main(argv=None):
         print(f"{backend} compile mode {mode!r}: {meaning}")
     print(f"Keras's default here: {bench.default_compile_mode()!r}")
 
-    rows = bench.benchmark_layers(**layer_settings)
-    path = os.path.join(args.output_dir, f"layers_{backend}.csv")
-    bench.write_csv(rows, path)
-    print(bench.format_table(rows, LAYER_COLUMNS))
-    print(f"Wrote {path} ({rows[0]['device']}, {rows[0]['machine']})")
+    if not args.skip_layers:
+        rows = bench.benchmark_layers(**layer_settings)
+        path = os.path.join(args.output_dir, f"layers_{backend}.csv")
+        bench.write_csv(rows, path)
+        print(bench.format_table(rows, LAYER_COLUMNS))
+        print(f"Wrote {path} ({rows[0]['device']}, {rows[0]['machine']})")
 
     if args.model_fit:
         rows = []
