@@ -69,7 +69,7 @@ EPOCH_KEYS = {
 # 4 steps of 24 images per epoch; the timer skips 2 warm-up steps.
 TINY = {
     "model": {"family": "small_cnn", "width": 4},
-    "train": {"epochs": 2, "batch_size": 24},
+    "train": {"epochs": 3, "batch_size": 24},
     "eval": {"max_images": 8, "batch_size": 16},
 }
 
@@ -91,7 +91,7 @@ def result(config, dataset):
 
 def test_result_has_every_interface_key(result):
     assert METRIC_KEYS <= set(result.metrics)
-    assert len(result.epochs) == 2
+    assert len(result.epochs) == 3
     for epoch in result.epochs:
         assert EPOCH_KEYS <= set(epoch)
 
@@ -102,7 +102,7 @@ def test_result_values(result, config, dataset):
     assert metrics["device"] == "cpu"
     assert metrics["batch_size"] == 24
     assert metrics["steps_per_epoch"] == 4
-    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
     for key in ("test_accuracy", "best_test_accuracy", "train_eval_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["best_test_accuracy"] == max(
@@ -123,16 +123,16 @@ def test_result_values(result, config, dataset):
     assert metrics["train_ms_per_step"] == pytest.approx(
         1000 * 24 / metrics["train_images_per_sec"]
     )
-    # Cosine schedule over 8 steps, recorded at each epoch's first step.
+    # Cosine schedule over 12 steps, recorded at each epoch's first step.
     assert [e["learning_rate"] for e in epochs] == pytest.approx(
-        [0.05, 0.05 * 0.5 * (1 + math.cos(math.pi * 4 / 8))]
+        [0.05 * 0.5 * (1 + math.cos(math.pi * s / 12)) for s in (0, 4, 8)]
     )
 
 
 def test_timer_skips_the_warm_up_steps(result):
-    first, second = result.epochs
+    first, *later = result.epochs
     assert first["timed_steps"] == 2
-    assert second["timed_steps"] == 4
+    assert [e["timed_steps"] for e in later] == [4, 4]
     assert first["timed_seconds"] < first["epoch_seconds"]
 
 
@@ -140,8 +140,12 @@ def test_train_step_is_compiled_once_per_run(result):
     if BACKEND == "torch":
         # Eager by default on torch: nothing is compiled, nothing counted.
         assert "compile_count" not in result.metrics
-    else:
+    elif BACKEND == "jax":
         assert result.metrics["compile_count"] == 1
+    else:
+        # tf.function traces a second time when the first trace creates
+        # variables; a trace per epoch would give 3 here.
+        assert result.metrics["compile_count"] in (1, 2)
 
 
 def test_same_run_twice_gives_identical_metrics(result, config, dataset):
@@ -231,7 +235,7 @@ def test_fit_reads_the_stream_in_order_across_epochs(dataset):
         [
             keras.Input((32, 32, 3)),
             keras.layers.Flatten(),
-            keras.layers.Dense(2),
+            keras.layers.Dense(10),
         ]
     )
     model.compile("sgd", "sparse_categorical_crossentropy")
