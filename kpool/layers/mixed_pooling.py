@@ -156,14 +156,14 @@ class MixedPooling(BasePooling):
         elif self.mode == "gated":
             mixing = ops.sigmoid(self._gate_logits(padded))
         elif training:
-            mixing = self._draw_max_choices(max_pooled)
+            takes_max = self._draw_max_choices(max_pooled)
+            return ops.where(takes_max, max_pooled, avg_pooled)
         else:
             mixing = self.alpha
         return avg_pooled + mixing * (max_pooled - avg_pooled)
 
     def _draw_max_choices(self, outputs):
-        """1 where a unit takes max pooling, else 0, broadcastable to
-        `outputs`."""
+        """True where a unit takes max pooling, broadcastable to `outputs`."""
         channel_axis = 1 if self.data_format == "channels_first" else -1
         kept_axes = {0}
         if self.granularity == "region":
@@ -179,7 +179,7 @@ class MixedPooling(BasePooling):
         uniform = keras.random.uniform(
             shape, dtype="float32", seed=self.seed_generator
         )
-        return ops.cast(uniform < self.alpha, outputs.dtype)
+        return uniform < self.alpha
 
     def _gate_logits(self, padded):
         elements = self._window_elements(padded)
