@@ -78,7 +78,7 @@ def downsampling_names():
     return tuple(_DOWNSAMPLINGS)
 
 
-def get_downsampling(name, rank=2, **kwargs):
+def get_downsampling(name, /, rank=2, **kwargs):
     """Builds the pooling layer called `name`.
 
     Args:
@@ -89,7 +89,9 @@ def get_downsampling(name, rank=2, **kwargs):
             `"global_avg"`, `"global_min"`.
         rank: int, 1, 2 or 3. Picks the 1D, 2D or 3D class.
         **kwargs: passed to the class: `pool_size`, `strides`, `padding`,
-            `data_format`, `name`, ... for the windowed poolings;
+            `data_format`, `name` (the layer's: the first argument is
+            positional-only), ... for the windowed poolings, whose
+            `pool_size` defaults to 2;
             `data_format`, `keepdims`, `name`, ... for the global ones; plus
             `alpha`, `granularity`, `seed` for the mixed poolings and `seed`
             for `"stochastic"`. The `mode` of a mixed pooling is fixed by
@@ -117,4 +119,7 @@ def get_downsampling(name, rank=2, **kwargs):
                 f"`{key}` is fixed to {value!r} by name={name!r}; drop it. "
                 f"Received: {key}={kwargs[key]!r}"
             )
+    if not name.startswith("global_"):
+        # Keras's AveragePooling*D alone has no default window.
+        kwargs.setdefault("pool_size", 2)
     return classes[rank - 1](**fixed_kwargs, **kwargs)

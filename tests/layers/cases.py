@@ -4,6 +4,8 @@ import itertools
 
 import pytest
 
+from kpool import layers
+
 # Odd and even lengths, so that "same" pads symmetrically and not.
 SPATIAL_SHAPES = {1: (7,), 2: (7, 6), 3: (5, 6, 5)}
 
@@ -49,3 +51,49 @@ def window_args(rank, padding, data_format, pool, stride):
         "padding": padding,
         "data_format": data_format,
     }
+
+
+def layer_cases():
+    """One case per layer class and mixed-pooling mode: (class, kwargs)."""
+    cases = []
+    for rank in (1, 2, 3):
+        window = {"pool_size": 3, "strides": 2, "padding": "same"}
+        # In this order they stack in a Sequential model: stochastic pooling
+        # first, while most windows still hold a positive input (it passes
+        # no gradient back from a window without), the global pooling last.
+        for cls, kwargs in (
+            (f"StochasticPooling{rank}D", {**window, "seed": 1}),
+            (f"MinPooling{rank}D", window),
+            (
+                f"MixedPooling{rank}D",
+                {**window, "mode": "random", "alpha": 0.3, "seed": 1},
+            ),
+            (
+                f"MixedPooling{rank}D",
+                {**window, "mode": "learned", "granularity": "channel"},
+            ),
+            (
+                f"MixedPooling{rank}D",
+                {**window, "mode": "gated", "granularity": "channel"},
+            ),
+            (f"GlobalMinPooling{rank}D", {}),
+        ):
+            mode = kwargs.get("mode", "")
+            cases.append(
+                pytest.param(
+                    getattr(layers, cls), kwargs, id=f"{cls}-{mode}".strip("-")
+                )
+            )
+    return cases
+
+
+LAYER_CASES = layer_cases()
+
+
+def layers_of_rank(rank):
+    """A new layer for each case of LAYER_CASES of that rank, in order."""
+    return [
+        cls(**kwargs)
+        for cls, kwargs in (case.values for case in LAYER_CASES)
+        if cls.num_spatial_dims == rank
+    ]

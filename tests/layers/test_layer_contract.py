@@ -8,40 +8,7 @@ import pytest
 
 from kpool import layers
 
-from .cases import input_shape
-
-
-def layer_cases():
-    cases = []
-    for rank in (1, 2, 3):
-        window = {"pool_size": 3, "strides": 2, "padding": "same"}
-        # In this order they stack in a Sequential model: stochastic pooling
-        # first, while most windows still hold a positive input (it passes
-        # no gradient back from a window without), the global pooling last.
-        for cls, kwargs in (
-            (f"StochasticPooling{rank}D", {**window, "seed": 1}),
-            (f"MinPooling{rank}D", window),
-            (f"MixedPooling{rank}D", {**window, "mode": "random", "seed": 1}),
-            (
-                f"MixedPooling{rank}D",
-                {**window, "mode": "learned", "granularity": "channel"},
-            ),
-            (
-                f"MixedPooling{rank}D",
-                {**window, "mode": "gated", "granularity": "channel"},
-            ),
-            (f"GlobalMinPooling{rank}D", {}),
-        ):
-            mode = kwargs.get("mode", "")
-            cases.append(
-                pytest.param(
-                    getattr(layers, cls), kwargs, id=f"{cls}-{mode}".strip("-")
-                )
-            )
-    return cases
-
-
-LAYER_CASES = layer_cases()
+from .cases import LAYER_CASES, input_shape, layers_of_rank
 
 
 def keras_counterpart(cls, kwargs):
@@ -113,14 +80,6 @@ def fit_one_step(model, x, jit_compile):
     assert np.isfinite(history.history["loss"][0])
     for old, new in zip(before, model.trainable_weights, strict=True):
         assert not np.array_equal(old, keras.ops.convert_to_numpy(new)), new
-
-
-def layers_of_rank(rank):
-    return [
-        cls(**kwargs)
-        for cls, kwargs in (case.values for case in LAYER_CASES)
-        if cls.num_spatial_dims == rank
-    ]
 
 
 # One model per rank holding all its layers keeps the compile time down.
