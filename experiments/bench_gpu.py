@@ -176,9 +176,9 @@ def benchmark_layer_bandwidth(args):
             row["maxpool_median_ms"] / 1000.0
         )
         row.update(
-            achieved_gb_per_sec=round(bytes_per_sec / 1e9, 2),
-            maxpool_achieved_gb_per_sec=round(maxpool_bytes_per_sec / 1e9, 2),
-            copy_gb_per_sec=round(copy_bytes_per_sec / 1e9, 2),
+            achieved_gb_per_sec=round(bytes_per_sec / 1e9, 4),
+            maxpool_achieved_gb_per_sec=round(maxpool_bytes_per_sec / 1e9, 4),
+            copy_gb_per_sec=round(copy_bytes_per_sec / 1e9, 4),
             fraction_of_copy=round(bytes_per_sec / copy_bytes_per_sec, 3),
             **labels("float32"),
         )
