@@ -95,10 +95,14 @@ def write_table(frame, path):
         frame.to_csv(f, index=False)
 
 
+# Hex strings that pandas would otherwise read as numbers ("0123" -> 123).
+STRING_COLUMNS = {"run_id": str, "git_commit": str}
+
+
 def read_table(path):
     """Reads a CSV table; a table written without rows or columns is empty."""
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, dtype=STRING_COLUMNS)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
 

@@ -128,8 +128,8 @@ def finished(workdir, config_path):
     directory = out / "tiny"
     return (
         directory,
-        pd.read_csv(directory / "runs.csv"),
-        pd.read_csv(directory / "epochs.csv"),
+        results.read_table(directory / "runs.csv"),
+        results.read_table(directory / "epochs.csv"),
     )
 
 
@@ -174,7 +174,7 @@ def test_tables_columns_and_values(finished, config_path):
     written = yaml.safe_load((directory / "config.yaml").read_text())
     expected = load_config(config_path, [f"output_dir={directory.parent}"])
     assert config_from_dict(written) == expected
-    summary = pd.read_csv(directory / "summary.csv")
+    summary = results.read_table(directory / "summary.csv")
     assert sorted(summary["downsampling"]) == ["max", "stochastic"]
     assert (summary["n_seeds"] == 2).all()
     for name in [
@@ -207,7 +207,9 @@ def test_rerun_skips_finished_runs(finished, config_path, monkeypatch, capsys):
     out = str(directory.parent)
     assert cli.main(["run", str(config_path), "--output-dir", out]) == 0
     assert "4 finished already, 0 to train" in capsys.readouterr().out
-    pd.testing.assert_frame_equal(pd.read_csv(directory / "runs.csv"), runs)
+    pd.testing.assert_frame_equal(
+        results.read_table(directory / "runs.csv"), runs
+    )
 
 
 def test_shards_then_merge_equal_the_unsharded_run(finished, workdir):
@@ -228,21 +230,21 @@ def test_shards_then_merge_equal_the_unsharded_run(finished, workdir):
         )
         assert code == 0
     directory = shared / "tiny"
-    one = pd.read_csv(directory / "runs.shard-1-of-2.csv")
-    two = pd.read_csv(directory / "runs.shard-2-of-2.csv")
+    one = results.read_table(directory / "runs.shard-1-of-2.csv")
+    two = results.read_table(directory / "runs.shard-2-of-2.csv")
     assert list(one["downsampling"]) == ["max"]
     assert list(two["downsampling"]) == ["stochastic"]
     assert not (directory / "runs.csv").exists()
     merged = workdir / "merged"
     assert cli.main(["merge", str(directory), "--out", str(merged)]) == 0
-    merged_ids = set(pd.read_csv(merged / "runs.csv")["run_id"])
+    merged_ids = set(results.read_table(merged / "runs.csv")["run_id"])
     assert merged_ids == set(runs.loc[runs["seed"] == 0, "run_id"])
-    assert len(pd.read_csv(merged / "epochs.csv")) == 2 * 2
+    assert len(results.read_table(merged / "epochs.csv")) == 2 * 2
     assert (merged / "summary.csv").exists()
 
 
 def _rows(path):
-    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+    return results.read_table(path) if path.exists() else pd.DataFrame()
 
 
 @pytest.fixture(scope="module")
@@ -285,13 +287,13 @@ def resumed(workdir):
         process.send_signal(signal.SIGKILL)
         process.wait()
         process.stderr.close()
-    killed = pd.read_csv(runs_csv)
+    killed = results.read_table(runs_csv)
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return (
         killed,
-        pd.read_csv(runs_csv),
-        pd.read_csv(out / "tiny" / "epochs.csv"),
+        results.read_table(runs_csv),
+        results.read_table(out / "tiny" / "epochs.csv"),
         done.stdout,
     )
 

@@ -203,3 +203,12 @@ def test_merge_writes_tables_summary_plots(tmp_path):
 def test_merge_without_runs_fails(tmp_path):
     with pytest.raises(FileNotFoundError, match="runs"):
         results.merge([tmp_path], tmp_path / "out")
+
+
+def test_numeric_looking_run_ids_stay_strings(tmp_path):
+    # A 12-digit hex hash can be all digits, with a leading zero.
+    results.replace_run(
+        run_row("012345678901", "max", 0, 0.5, 1.0), [], tmp_path
+    )
+    results.replace_run(run_row("1e10", "avg", 0, 0.5, 1.0), [], tmp_path)
+    assert results.finished_run_ids(tmp_path) == {"012345678901", "1e10"}
