@@ -25,16 +25,11 @@ import time
 
 import keras
 
-from kpool.bench import format_table, machine_name, write_csv
+from kpool.bench import device_name, format_table, machine_name, write_csv
 from kpool.config import config_from_dict
 from kpool.data import synthetic_dataset
 from kpool.models import build_model
-from kpool.training import (
-    LearningRateSchedule,
-    device_name,
-    make_optimizer,
-    train_run,
-)
+from kpool.training import LearningRateSchedule, make_optimizer, train_run
 
 
 def main():
@@ -85,6 +80,7 @@ def main():
         "model": f"{args.family}(width={args.width})",
         "downsampling": args.downsampling,
         "batch_size": args.batch_size,
+        "optimizer": config.train.optimizer.name,
         "epochs": args.epochs,
         "repeats": args.repeats,
     }

@@ -106,11 +106,7 @@ def build_model(
         f"{family}_{downsampling}".
     """
     family = model_config.family
-    if family not in _FAMILIES:
-        raise ValueError(
-            f"`model.family` must be one of {list(_FAMILIES)}. "
-            f"Received: model.family={family!r}"
-        )
+    _check_choice("model.family", family, tuple(_FAMILIES))
     _check_choice("model.head", model_config.head, _HEADS)
     _check_choice(
         "model.pool_position", model_config.pool_position, _POOL_POSITIONS

@@ -35,6 +35,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kpool.bench import device_name
 from kpool.models import build_model
 
 # Training images evaluated in inference mode for `train_eval_accuracy`.
@@ -153,6 +154,7 @@ def _train(config, downsampling, seed, dataset, verbose, callbacks):
         for epoch in range(len(logs["loss"]))
     ]
     train_images_per_sec = timer.images_per_sec()
+    images_per_epoch = steps_per_epoch * batch_size
     metrics.update(
         {
             "model": config.model.family,
@@ -180,9 +182,7 @@ def _train(config, downsampling, seed, dataset, verbose, callbacks):
             "train_ms_per_step": 1000.0 * batch_size / train_images_per_sec,
             # Steady-state training time of one epoch: no compilation, no
             # evaluation.
-            "epoch_seconds": steps_per_epoch
-            * batch_size
-            / train_images_per_sec,
+            "epoch_seconds": images_per_epoch / train_images_per_sec,
             "eval_images_per_sec": eval_images_per_sec,
             "eval_seconds": eval_seconds,
         }
@@ -598,27 +598,3 @@ def _enable_determinism():
                 "set before the process starts.",
                 stacklevel=3,
             )
-
-
-def device_name():
-    """The accelerator the backend uses, or "cpu"."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        device = jax.devices()[0]
-        return "cpu" if device.platform == "cpu" else device.device_kind
-    if backend == "torch":
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
-        return "cpu"
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        return tf.config.experimental.get_device_details(gpus[0]).get(
-            "device_name", "gpu"
-        )
-    return "cpu"
