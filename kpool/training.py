@@ -369,7 +369,8 @@ def synchronize(model):
     if state:
         import jax
 
-        jax.block_until_ready(state)
+        # Layer attributes are tracked containers, opaque to JAX's pytrees.
+        jax.block_until_ready(keras.tree.flatten(state))
     else:
         ops.convert_to_numpy(model.optimizer.iterations)
 
