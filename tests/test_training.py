@@ -18,6 +18,7 @@ from kpool.training import (
     epoch_orders,
     make_optimizer,
     sequential_batches,
+    synchronize,
     train_run,
 )
 
@@ -216,6 +217,30 @@ def test_jax_batches_are_gathered_on_the_device(dataset):
     assert data.images.dtype == "uint8"
     images, labels = data[0]
     assert isinstance(images, jax.Array) and isinstance(labels, jax.Array)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's asynchronous dispatch")
+def test_synchronize_waits_for_the_training_state(dataset):
+    class Check(keras.callbacks.Callback):
+        ready = []
+
+        def on_test_begin(self, logs=None):
+            synchronize(self.model)
+            state = keras.tree.flatten(self.model._jax_state)
+            self.ready.append(all(x.is_ready() for x in state))
+
+    model = build_model(config_from_dict(TINY).model, "max")
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    model.fit(
+        dataset.x_train.astype("float32"),
+        dataset.y_train,
+        batch_size=10,
+        epochs=2,
+        validation_data=(dataset.x_test[:10], dataset.y_test[:10]),
+        callbacks=[Check()],
+        verbose=0,
+    )
+    assert Check.ready == [True, True]
 
 
 @pytest.mark.skipif(BACKEND == "tensorflow", reason="tf.data pipeline there")
