@@ -106,16 +106,16 @@ class StochasticPooling(BasePooling):
             seed=self.seed_generator,
         )
         threshold = uniform * cumulative[-1]
-        # Element j is sampled iff c_{j-1} <= threshold < c_j; a zero element
-        # has c_{j-1} == c_j, so it never is, and neither is any element of
-        # a window summing to 0 (threshold 0). The indicators are constants
-        # to autodiff, so the gradient reaches the sampled element only.
-        outputs = 0
-        below_previous = 0
-        for element, running_sum in zip(elements, cumulative, strict=True):
-            below = ops.cast(threshold < running_sum, activations.dtype)
-            outputs = outputs + element * (below - below_previous)
-            below_previous = below
+        # The sample is the first element whose running sum exceeds the
+        # threshold: scanning backwards, each match overwrites later ones. A
+        # zero element is never first (its running sum equals the one before
+        # it), and a window summing to 0 (threshold 0) has no match and
+        # outputs 0. `where` passes the gradient to the sampled element only.
+        outputs = ops.zeros_like(threshold)
+        for element, running_sum in zip(
+            reversed(elements), reversed(cumulative), strict=True
+        ):
+            outputs = ops.where(threshold < running_sum, element, outputs)
         return outputs
 
     def get_config(self):
