@@ -128,7 +128,7 @@ def test_learned_gradients_reach_both_paths_and_the_mixing_weight(
     upstream = upstream.astype("float32")
     _, input_gradient, (alpha_gradient,) = layer_gradients(layer, x, upstream)
 
-    a = keras.ops.convert_to_numpy(layer.mixing_weight)
+    a = layer.mixing_weight.numpy()
     np.testing.assert_allclose(
         input_gradient,
         expected_input_gradient(x, args, a, upstream),
@@ -157,7 +157,7 @@ def test_gated_gradient_reaches_the_gate_kernel(rng, granularity):
     # d output / d w_j = (max - avg) * s * (1 - s) * x_j, s the gate.
     elements = reference.windows(x, **args)
     region = np.nan_to_num(elements, nan=0.0)
-    kernel = keras.ops.convert_to_numpy(layer.gate_kernel)
+    kernel = layer.gate_kernel.numpy()
     kernel = kernel if kernel.ndim == 2 else kernel[:, None]
     gate = 1 / (1 + np.exp(-(region * kernel).sum(axis=-2)))
     difference = reference.max_pool(elements) - reference.average_pool(elements)
@@ -220,7 +220,7 @@ def test_learned_alpha_stays_in_the_unit_interval(rng):
     model.compile(keras.optimizers.SGD(1e3), "mse")
     x = rng.standard_normal((8, 4, 1)).astype("float32")
     model.fit(x, 10 * np.abs(x[:, ::2, 0]), epochs=1, verbose=0)
-    a = keras.ops.convert_to_numpy(model.layers[0].mixing_weight)
+    a = model.layers[0].mixing_weight.numpy()
     assert np.all((a == 0) | (a == 1)), a
 
 
