@@ -273,6 +273,7 @@ def project(args, training_rows):
     config = load_config(args.config, args.set)
     family = config.model.family
     rows = []
+    missing = []
     for choice in config.downsampling:
         measured = next(
             (
@@ -283,7 +284,7 @@ def project(args, training_rows):
             None,
         )
         if measured is None:
-            print(f"No measured run of {family} / {choice}: not projected.")
+            missing.append(choice)
             continue
         # The measured run already holds the compilation, its epochs'
         # validation and the final evaluation; the remaining epochs each
@@ -316,6 +317,8 @@ def project(args, training_rows):
                 "date": measured["date"],
             }
         )
+    if missing:
+        print(f"Not projected (no measured {family} run): {', '.join(missing)}")
     if rows:
         total = sum(r["projected_seconds"] for r in rows)
         print(
