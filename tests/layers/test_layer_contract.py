@@ -42,10 +42,15 @@ def test_config_round_trip(cls, kwargs):
     assert restored.get_config() == config
 
 
+@pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("cls, kwargs", LAYER_CASES)
-def test_symbolic_call_shape_matches_keras_builtin(cls, kwargs, data_format):
+def test_symbolic_call_shape_matches_keras_builtin(
+    cls, kwargs, data_format, padding
+):
     kwargs = {**kwargs, "data_format": data_format}
+    if "padding" in kwargs:
+        kwargs["padding"] = padding
     shape = (None, *input_shape(cls.num_spatial_dims, data_format)[1:])
     outputs = cls(**kwargs)(keras.Input(batch_shape=shape))
     expected = keras_counterpart(cls, kwargs).compute_output_shape(shape)
