@@ -9,7 +9,7 @@ from kpool import layers
 
 from .cases import WINDOW_CASES, random_input, window_args
 from .gradients import layer_gradients
-from .statistics import count_tolerance
+from .statistics import assert_seeded_draws_reproducible, count_tolerance
 
 MIXED_POOLINGS = {
     1: layers.MixedPooling1D,
@@ -194,18 +194,11 @@ def test_random_training_draws_max_with_probability_alpha(rng, granularity):
 
 
 def test_random_training_same_seed_same_draws(rng):
+    # 54 units, each taking max pooling with probability 1/2.
     x = random_input(rng, 2, "channels_last")
-
-    def draws(seed):
-        layer = layers.MixedPooling2D(2, seed=seed)
-        return [np.asarray(layer(x, training=True)) for _ in range(2)]
-
-    first, second = draws(11)
-    np.testing.assert_array_equal(draws(11), [first, second])
-    # 54 units with probability 1/2 each: identical draws would be a broken
-    # generator, not chance.
-    assert not np.array_equal(draws(12)[0], first)
-    assert not np.array_equal(second, first)
+    assert_seeded_draws_reproducible(
+        lambda seed: layers.MixedPooling2D(2, seed=seed), x
+    )
 
 
 def test_learned_alpha_stays_in_the_unit_interval(rng):

@@ -7,7 +7,7 @@ from kpool import layers
 
 from .cases import WINDOW_CASES, random_input, window_args
 from .gradients import layer_gradients
-from .statistics import count_tolerance
+from .statistics import assert_seeded_draws_reproducible, count_tolerance
 
 STOCHASTIC_POOLINGS = {
     1: layers.StochasticPooling1D,
@@ -123,18 +123,11 @@ def test_inference_gradient_is_that_of_the_expectation(rng):
 
 
 def test_same_seed_same_samples_and_different_seed_different_samples(rng):
+    # 108 cells, each drawing among several elements.
     x = rng.uniform(0.5, 1.5, (4, 5, 5, 3)).astype("float32")
-
-    def sample(seed):
-        layer = layers.StochasticPooling2D(**OVERLAPPING, seed=seed)
-        return [np.asarray(layer(x, training=True)) for _ in range(2)]
-
-    first, second = sample(7)
-    np.testing.assert_array_equal(sample(7), [first, second])
-    # 108 cells drawing among several elements: equal draws everywhere would
-    # be a broken generator, not chance.
-    assert not np.array_equal(sample(8)[0], first)
-    assert not np.array_equal(second, first)
+    assert_seeded_draws_reproducible(
+        lambda seed: layers.StochasticPooling2D(**OVERLAPPING, seed=seed), x
+    )
 
 
 def test_seeded_generator_advances_inside_jit_compiled_training(rng):
