@@ -4,7 +4,9 @@ Importing kpool registers every layer with Keras, so a saved model that uses
 them loads with `keras.saving.load_model` after `import kpool`.
 """
 
-from kpool import layers
+# `augment` registers the harness's augmentation layer, which every model the
+# harness saves contains.
+from kpool import augment, layers
 from kpool.registry import downsampling_names, get_downsampling
 
-__all__ = ["downsampling_names", "get_downsampling", "layers"]
+__all__ = ["augment", "downsampling_names", "get_downsampling", "layers"]

@@ -10,7 +10,12 @@ Choose the Keras backend with the KERAS_BACKEND environment variable.
 """
 
 import argparse
+import os
 import sys
+
+# TensorFlow's C++ start-up banners would bury the progress lines; a user who
+# wants them sets the variable.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RUN_EPILOG = """\
 Results go to OUTPUT_DIR/NAME (the config's `output_dir` and `name`):

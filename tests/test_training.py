@@ -51,6 +51,8 @@ METRIC_KEYS = {
     "epoch_seconds",
     "eval_images_per_sec",
     "eval_seconds",
+    "extra_eval_seconds",
+    "run_seconds",
     "shift_consistency",
     "shift_accuracy_1px",
     "shift_accuracy_2px",
@@ -158,6 +160,8 @@ def test_same_run_twice_gives_identical_metrics(result, config, dataset):
         "epoch_seconds",
         "eval_images_per_sec",
         "eval_seconds",
+        "extra_eval_seconds",
+        "run_seconds",
         "timed_seconds",
     }
     for key, value in result.metrics.items():
