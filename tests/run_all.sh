@@ -3,8 +3,9 @@
 # (KERAS_BACKEND must be set before Keras is imported).
 #
 # Layer, data, augmentation and metric tests run under tensorflow, jax and
-# torch. The harness tests (models, training, experiments, CLI) run under jax,
-# the backend of the GPU path, and tensorflow.
+# torch. The harness and benchmark tests (models, training, experiments, CLI,
+# benchmark scripts) run under jax, the backend of the GPU path, and
+# tensorflow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
@@ -12,7 +13,8 @@ export TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
 all_backends=(tests/layers tests/test_data.py tests/test_augment.py
   tests/test_metrics.py)
 harness=(tests/test_config.py tests/test_models.py tests/test_training.py
-  tests/test_results.py tests/test_experiment.py tests/test_cli.py)
+  tests/test_results.py tests/test_experiment.py tests/test_cli.py
+  tests/test_bench.py)
 
 run() {
   local backend=$1
