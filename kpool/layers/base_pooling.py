@@ -1,4 +1,3 @@
-import itertools
 import math
 import numbers
 
@@ -162,7 +161,7 @@ class BasePooling(keras.layers.Layer):
     def _zero_pad(self, inputs):
         """Pads `inputs` with zeros as `"same"` pads (not at all if valid).
 
-        Each window of the result is a `"valid"` window: `_window_elements`,
+        Each window of the result is a `"valid"` window: `_windows`,
         `_window_means` and `_average_pool` take it. Needs the spatial dims
         to be known.
         """
@@ -220,35 +219,101 @@ class BasePooling(keras.layers.Layer):
         )
         return means / ops.convert_to_tensor(fraction_inside, means.dtype)
 
-    def _window_elements(self, padded):
-        """Lists, for each offset in the window, that element of every window.
+    def _windows(self, padded):
+        """Stacks the elements of each window on a new axis.
 
-        `padded` is `self._zero_pad(inputs)`. Entry `j` (offsets in
-        row-major order) has the output's shape and holds the `j`-th element
-        of each window, so a reduction over a window becomes elementwise
-        arithmetic over `prod(pool_size)` tensors: no patch extraction, and
-        the gradient of each entry lands on exactly the input cells it was
-        sliced from. Padded cells read as zeros.
+        `padded` is `self._zero_pad(inputs)`. The result has the output's
+        shape plus an axis of length `prod(pool_size)` (`_window_axis`: just
+        before the channels under channels_last, last otherwise) holding
+        each window's elements in row-major order, so a reduction over a
+        window is one reduction over that axis. Padded cells read as zeros.
+
+        Strided slices would do, but TensorFlow's CPU gradient of a strided
+        slice is tens of times slower than max pooling. Instead each spatial
+        dim of size `n` is cropped or zero-padded to `s * (out + q)` cells,
+        with `q = (k - 1) // s`, and split into `(out + q, s)`: offset
+        `o = j * s + r` of output cell `t` is then cell `(t + j, r)`, and the
+        `q + 1` unit-stride slices `[j:j + out, :min(s, k - j * s)]`,
+        concatenated on the phase axis, give that dim's `(out, k)` windows.
+        The cells cropped or padded this way are in no window.
         """
-        outputs = [
-            (n - k) // s + 1
-            for n, k, s in zip(
-                self._spatial_shape(padded.shape),
-                self.pool_size,
-                self.strides,
-                strict=True,
-            )
-        ]
-        elements = []
-        for offset in itertools.product(*(range(k) for k in self.pool_size)):
-            spatial_slices = [
-                slice(o, o + (out - 1) * s + 1, s)
-                for o, out, s in zip(offset, outputs, self.strides, strict=True)
+        spatial_axes = self._spatial_axes()
+        windows = padded
+        for dim, (k, s) in enumerate(
+            zip(self.pool_size, self.strides, strict=True)
+        ):
+            # Earlier dims have already been split into (out, k) pairs.
+            axis = spatial_axes[dim] + dim
+            n = windows.shape[axis]
+            out = (n - k) // s + 1
+            length = s * (out + (k - 1) // s)
+            if length > n:
+                pads = [(0, 0)] * len(windows.shape)
+                pads[axis] = (0, length - n)
+                windows = ops.pad(windows, pads)
+            elif length < n:
+                windows = self._unit_slice(windows, axis, 0, length)
+            shape = list(ops.shape(windows))
+            shape[axis : axis + 1] = [length // s, s]
+            windows = ops.reshape(windows, shape)
+            pieces = [
+                self._unit_slice(
+                    self._unit_slice(windows, axis, j, out),
+                    axis + 1,
+                    0,
+                    min(s, k - j * s),
+                )
+                for j in range((k - 1) // s + 1)
             ]
-            elements.append(
-                padded[tuple(self._full_shape(spatial_slices, slice(None)))]
+            windows = (
+                pieces[0]
+                if len(pieces) == 1
+                else ops.concatenate(pieces, axis=axis + 1)
             )
-        return elements
+        # Gather the window axes, each now right after its output axis, into
+        # one axis after the spatial ones. Under channels_last the channels
+        # stay innermost, so the transpose moves whole rows of channels.
+        window_axes = [a + d + 1 for d, a in enumerate(spatial_axes)]
+        output_axes = [a + d for d, a in enumerate(spatial_axes)]
+        channel_axis = len(windows.shape) - 1 if self._channels_last else 1
+        order = [0, *output_axes, *window_axes, channel_axis]
+        if not self._channels_last:
+            order = [0, channel_axis, *output_axes, *window_axes]
+        windows = ops.transpose(windows, order)
+        shape = list(ops.shape(windows))
+        first = len(order) - self.num_spatial_dims - self._channels_last
+        shape[first : first + self.num_spatial_dims] = [
+            math.prod(self.pool_size)
+        ]
+        return ops.reshape(windows, shape)
+
+    @property
+    def _channels_last(self):
+        return self.data_format == "channels_last"
+
+    @property
+    def _window_axis(self):
+        """The axis of `_windows`'s result that runs over a window."""
+        return -2 if self._channels_last else -1
+
+    @staticmethod
+    def _unit_slice(tensor, axis, start, size):
+        """`tensor[..., start:start + size, ...]` along `axis`.
+
+        A unit-stride `ops.slice`, whose TensorFlow gradient is a cheap pad
+        (see `_windows`); a slice that keeps everything is skipped.
+        """
+        if start == 0 and size == tensor.shape[axis]:
+            return tensor
+        starts = [0] * len(tensor.shape)
+        starts[axis] = start
+        shape = list(ops.shape(tensor))
+        shape[axis] = size
+        return ops.slice(tensor, starts, shape)
+
+    def _spatial_axes(self):
+        first = 1 if self.data_format == "channels_last" else 2
+        return list(range(first, first + self.num_spatial_dims))
 
     def _full_shape(self, spatial_entries, other_entry):
         """Places per-spatial-dim entries among batch and channel entries."""

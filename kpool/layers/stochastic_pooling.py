@@ -1,4 +1,5 @@
 import keras
+import numpy as np
 from keras import ops
 
 from kpool.layers.base_pooling import BasePooling
@@ -96,27 +97,39 @@ class StochasticPooling(BasePooling):
         return ops.where(positive, mean_square / safe_mean, 0)
 
     def _sample(self, activations):
-        elements = self._window_elements(activations)
-        cumulative = [elements[0]]
-        for element in elements[1:]:
-            cumulative.append(cumulative[-1] + element)
+        windows = self._windows(activations)
+        axis = self._window_axis % len(windows.shape)
+        size = windows.shape[axis]
+        # The running sums as a product with a triangular matrix of ones:
+        # exact (each sum adds the same terms in the same order, the others
+        # times 0), and on TensorFlow-CPU far faster than `ops.cumsum`.
+        running_sums = np.triu(np.ones((size, size)))
+        running_sums = ops.convert_to_tensor(running_sums, windows.dtype)
+        if self._channels_last:
+            cumulative = ops.matmul(ops.transpose(running_sums), windows)
+        else:
+            cumulative = ops.matmul(windows, running_sums)
+        total = self._unit_slice(cumulative, axis, size - 1, 1)
         uniform = keras.random.uniform(
-            ops.shape(elements[0]),
-            dtype=activations.dtype,
-            seed=self.seed_generator,
+            ops.shape(total), dtype=activations.dtype, seed=self.seed_generator
         )
-        threshold = uniform * cumulative[-1]
         # The sample is the first element whose running sum exceeds the
-        # threshold: scanning backwards, each match overwrites later ones. A
-        # zero element is never first (its running sum equals the one before
-        # it), and a window summing to 0 (threshold 0) has no match and
-        # outputs 0. `where` passes the gradient to the sampled element only.
-        outputs = ops.zeros_like(threshold)
-        for element, running_sum in zip(
-            reversed(elements), reversed(cumulative), strict=True
-        ):
-            outputs = ops.where(threshold < running_sum, element, outputs)
-        return outputs
+        # threshold. The running sums never decrease, so `exceeds` is False
+        # then True along a window and the sample is where it turns True. A
+        # zero element is never it (its running sum equals the one before
+        # it), and a window summing to 0 (threshold 0) never turns and
+        # outputs 0. Selecting passes the gradient to the sampled element
+        # only.
+        exceeds = uniform * total < cumulative
+        pads = [(0, 0)] * len(exceeds.shape)
+        pads[axis] = (1, 0)
+        exceeded_before = ops.pad(
+            self._unit_slice(exceeds, axis, 0, size - 1),
+            pads,
+            constant_values=False,
+        )
+        sampled = ops.logical_and(exceeds, ops.logical_not(exceeded_before))
+        return ops.sum(ops.where(sampled, windows, 0), axis=axis)
 
     def get_config(self):
         config = super().get_config()
