@@ -90,11 +90,10 @@ class StochasticPooling(BasePooling):
         # Both means divide by the window size, which cancels.
         mean_square = self._window_means(ops.square(activations))
         mean = self._window_means(activations)
-        positive = mean > 0
-        # The inner `where` keeps the unused branch finite, so that no NaN
-        # reaches the gradient.
-        safe_mean = ops.where(positive, mean, ops.ones_like(mean))
-        return ops.where(positive, mean_square / safe_mean, 0)
+        # A window with mean 0 holds only zeros, so its mean square is 0 as
+        # well and dividing it by 1 instead gives the 0 it should, with a
+        # finite gradient.
+        return mean_square / ops.where(mean > 0, mean, ops.ones_like(mean))
 
     def _sample(self, activations):
         windows = self._windows(activations)
