@@ -99,15 +99,22 @@ class StochasticPooling(BasePooling):
         windows = self._windows(activations)
         axis = self._window_axis % len(windows.shape)
         size = windows.shape[axis]
-        # The running sums as a product with a triangular matrix of ones:
-        # exact (each sum adds the same terms in the same order, the others
-        # times 0), and on TensorFlow-CPU far faster than `ops.cumsum`.
-        running_sums = np.triu(np.ones((size, size)))
-        running_sums = ops.convert_to_tensor(running_sums, windows.dtype)
-        if self._channels_last:
-            cumulative = ops.matmul(ops.transpose(running_sums), windows)
+        if keras.config.backend() == "tensorflow":
+            # TensorFlow's CPU cumsum along a short axis is ~10x slower than
+            # this product with a triangular matrix of ones, which adds the
+            # same terms. (A GPU that multiplies float32 in TF32 rounds them
+            # to 10 bits first, moving the sampling probabilities by < 0.1%;
+            # the sampled values stay exact.) The other backends keep the
+            # float32 cumsum.
+            triangle = ops.convert_to_tensor(
+                np.tril(np.ones((size, size))), windows.dtype
+            )
+            if self._channels_last:
+                cumulative = ops.matmul(triangle, windows)
+            else:
+                cumulative = ops.matmul(windows, ops.transpose(triangle))
         else:
-            cumulative = ops.matmul(windows, running_sums)
+            cumulative = ops.cumsum(windows, axis=axis)
         total = self._unit_slice(cumulative, axis, size - 1, 1)
         uniform = keras.random.uniform(
             ops.shape(total), dtype=activations.dtype, seed=self.seed_generator
