@@ -286,6 +286,10 @@ def report(summary):
         ("test_accuracy", "test acc %", 100),
         ("best_test_accuracy", "best test acc %", 100),
         ("shift_consistency", "shift consistency %", 1),
+        *(
+            (f"shift_accuracy_{k}px", f"shift acc {k}px %", 100)
+            for k in range(1, 5)
+        ),
         ("overfit_gap", "overfit gap %", 100),
     ]
     sections = []

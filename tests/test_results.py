@@ -212,3 +212,34 @@ def test_numeric_looking_run_ids_stay_strings(tmp_path):
     )
     results.replace_run(run_row("1e10", "avg", 0, 0.5, 1.0), [], tmp_path)
     assert results.finished_run_ids(tmp_path) == {"012345678901", "1e10"}
+
+
+def test_report_shows_the_pooling_claims_columns():
+    runs = pd.DataFrame(
+        [
+            run_row(
+                f"s{seed}",
+                "max",
+                seed,
+                0.5,
+                2.0,
+                shift_consistency=consistency,
+                overfit_gap=gap,
+                **{f"shift_accuracy_{k}px": 0.5 - 0.1 * k for k in (1, 2)},
+                **{f"shift_accuracy_{k}px": shifted for k in (3, 4)},
+            )
+            for seed, consistency, gap, shifted in [
+                (0, 80.0, 0.1, 0.2),
+                (1, 90.0, 0.3, 0.4),
+            ]
+        ]
+    )
+    lines = results.report(results.summarize(runs)).splitlines()[2:]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    row = dict(zip(header, cells, strict=True))
+    assert row["shift consistency %"] == "85.00 ± 7.07"
+    assert row["shift acc 1px %"] == "40.00 ± 0.00"
+    assert row["shift acc 2px %"] == "30.00 ± 0.00"
+    assert row["shift acc 4px %"] == "30.00 ± 14.14"
+    assert row["overfit gap %"] == "20.00 ± 14.14"
