@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from kpool.layers import tensorflow_kernels
 from kpool.layers.base_pooling import BasePooling
 
 
@@ -27,6 +28,8 @@ class MinPooling(BasePooling):
     """
 
     def call(self, inputs):
+        if keras.config.backend() == "tensorflow":
+            return tensorflow_kernels.min_pool(inputs, self._max_pool)
         return ops.negative(self._max_pool(ops.negative(inputs)))
 
 

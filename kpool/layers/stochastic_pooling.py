@@ -1,7 +1,7 @@
 import keras
-import numpy as np
 from keras import ops
 
+from kpool.layers import tensorflow_kernels
 from kpool.layers.base_pooling import BasePooling
 
 
@@ -77,14 +77,39 @@ class StochasticPooling(BasePooling):
         dtype = self.compute_dtype
         if dtype in ("float16", "bfloat16"):
             dtype = "float32"
-        # Zero padding carries no probability mass: padded cells are never
-        # sampled and add nothing to the sums.
-        activations = self._zero_pad(ops.relu(ops.cast(inputs, dtype)))
-        if training:
-            outputs = self._sample(activations)
+        inputs = ops.cast(inputs, dtype)
+        # Where windows overlap, TensorFlow's gradient of the window
+        # extraction dominates and the kernel's scatter replaces it; where
+        # they do not, the extraction is a reshape and the plain ops are
+        # faster (measured on TF-CPU, results/layers/PROFILE.md).
+        overlapping = any(
+            k > s for k, s in zip(self.pool_size, self.strides, strict=True)
+        )
+        if training and overlapping and tensorflow_kernels.applies():
+            outputs = tensorflow_kernels.stochastic_sample(
+                self, inputs, self._draw_uniform(inputs)
+            )
+        elif training:
+            outputs = self._sample(
+                self._zero_pad(ops.relu(inputs)), self._draw_uniform(inputs)
+            )
         else:
-            outputs = self._expectation(activations)
+            # Zero padding carries no probability mass: padded cells add
+            # nothing to the sums.
+            outputs = self._expectation(self._zero_pad(ops.relu(inputs)))
         return ops.cast(outputs, self.compute_dtype)
+
+    def _draw_uniform(self, inputs):
+        """One uniform in [0, 1) per output cell and channel.
+
+        Shaped as the running sums of `_sample` with the window axis of
+        length 1, so both training paths draw the same numbers.
+        """
+        shape = list(self.compute_output_shape(ops.shape(inputs)))
+        shape.insert(self._window_axis % (len(shape) + 1), 1)
+        return keras.random.uniform(
+            shape, dtype=inputs.dtype, seed=self.seed_generator
+        )
 
     def _expectation(self, activations):
         # Both means divide by the window size, which cancels.
@@ -95,30 +120,16 @@ class StochasticPooling(BasePooling):
         # finite gradient.
         return mean_square / ops.where(mean > 0, mean, ops.ones_like(mean))
 
-    def _sample(self, activations):
+    def _sample(self, activations, uniform):
         windows = self._windows(activations)
         axis = self._window_axis % len(windows.shape)
         size = windows.shape[axis]
         if keras.config.backend() == "tensorflow":
-            # TensorFlow's CPU cumsum along a short axis is ~10x slower than
-            # this product with a triangular matrix of ones, which adds the
-            # same terms. (A GPU that multiplies float32 in TF32 rounds them
-            # to 10 bits first, moving the sampling probabilities by < 0.1%;
-            # the sampled values stay exact.) The other backends keep the
-            # float32 cumsum.
-            triangle = ops.convert_to_tensor(
-                np.tril(np.ones((size, size))), windows.dtype
-            )
-            if self._channels_last:
-                cumulative = ops.matmul(triangle, windows)
-            else:
-                cumulative = ops.matmul(windows, ops.transpose(triangle))
+            # TensorFlow in XLA: see `tensorflow_kernels.running_sums`.
+            cumulative = tensorflow_kernels.running_sums(self, windows)
         else:
             cumulative = ops.cumsum(windows, axis=axis)
         total = self._unit_slice(cumulative, axis, size - 1, 1)
-        uniform = keras.random.uniform(
-            ops.shape(total), dtype=activations.dtype, seed=self.seed_generator
-        )
         # The sample is the first element whose running sum exceeds the
         # threshold. The running sums never decrease, so `exceeds` is False
         # then True along a window and the sample is where it turns True. A

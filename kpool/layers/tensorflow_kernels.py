@@ -1,0 +1,210 @@
+"""TensorFlow-only kernels for the layers, where `keras.ops` is too slow.
+
+The layers are written in `keras.ops`. On TensorFlow outside XLA (Keras's
+default on a CPU) every op is its own kernel: nothing fuses, and the
+gradients that TensorFlow derives for the window extraction and the
+sampling are many full-size passes over memory. The functions here compute
+the same values with hand-written gradients that reuse TensorFlow's fused
+pooling kernels. A layer calls them only when `applies()` is true, and
+keeps its `keras.ops` path for every other backend and inside XLA (where
+`MaxPoolGradWithArgmax` has no kernel and the plain ops fuse anyway). The
+tests run both paths against the same NumPy references.
+
+Nothing here imports TensorFlow at module level: the JAX and torch backends
+never load it.
+"""
+
+import math
+
+import keras
+import numpy as np
+
+
+def applies():
+    """Whether the TensorFlow kernels should run: TF backend, not in XLA."""
+    if keras.config.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    # `tf.function(jit_compile=True)`, as Keras's `jit_compile=True` uses,
+    # traces inside an XLA context, and so does any function it calls.
+    return not control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph()
+    )
+
+
+def min_pool(inputs, max_pool):
+    """`-max_pool(-inputs)` with one negation fewer in the gradient.
+
+    Autodiff would negate the gradient on the way back (an input-sized
+    pass); since the max-pooling gradient is linear in the upstream
+    gradient, the two negations cancel and the upstream gradient is passed
+    to it directly.
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def forward(x):
+        negated = tf.negative(x)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(negated)
+            pooled = max_pool(negated)
+
+        def grad(upstream):
+            return tape.gradient(pooled, negated, output_gradients=upstream)
+
+        return tf.negative(pooled), grad
+
+    return forward(inputs)
+
+
+def stochastic_sample(layer, inputs, uniform):
+    """Stochastic pooling's training output, with a scatter as gradient.
+
+    `inputs` are the layer's inputs in the computation dtype; `uniform` holds
+    one draw in [0, 1) per output cell. Computes what
+    `StochasticPooling._sample` does: in each window of `a = relu(inputs)`
+    (zero-padded as `"same"` pads), with running sums `c_j` in row-major
+    order, the output is `a_m` for `m = #{j : c_j <= uniform * c_last}`, the
+    first element whose running sum exceeds the threshold. `m` is found by
+    a count instead of a mask, its flat position in the padded input is
+    recorded, and the gradient is scattered there by TensorFlow's
+    `MaxPoolGradWithArgmax` kernel (one pass), instead of flowing back
+    through the window extraction. The gradient is the upstream gradient at
+    the sampled cell and zero elsewhere; a window with no positive input
+    (output 0) passes none.
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def sample(x, uniform):
+        padded = layer._zero_pad(tf.nn.relu(x))
+        windows = layer._windows(padded)
+        axis = layer._window_axis % len(windows.shape)
+        size = windows.shape[axis]
+        cumulative = running_sums(layer, windows)
+        total = tf.gather(cumulative, [size - 1], axis=axis)
+        below = tf.cast(cumulative <= uniform * total, cumulative.dtype)
+        # The running sums never decrease, so `below` is 1 for the elements
+        # before the sampled one and 0 from it on, and the sampled element's
+        # distance from the window's first is the sum of the steps between
+        # neighbours over the 1s: a product with `steps`, in floats that
+        # hold these small integers exactly. `uniform < 1` keeps the
+        # threshold below a positive total (TensorFlow's uniforms are
+        # multiples of 2**-23 or finer), so `below` ends before the last
+        # positive element; a window summing to 0 is all 1s, and the step
+        # after the last element, 0, keeps it inside the window (on a zero
+        # element).
+        base, offsets = window_flat_indices(layer, padded.shape, size)
+        steps = np.append(np.diff(offsets), 0).astype(cumulative.dtype.name)
+        if layer._channels_last:
+            offset = tf.matmul(tf.constant(steps[None, :]), below)
+        else:
+            offset = tf.matmul(below, tf.constant(steps[:, None]))
+        offset = tf.squeeze(offset, axis)
+        flat_index = tf.cast(tf.round(offset), tf.int64) + base
+        batch = tf.shape(x)[0]
+        per_example = math.prod(padded.shape[1:])
+        flat_padded = tf.reshape(padded, [batch, per_example])
+        outputs = tf.reshape(
+            tf.gather(
+                flat_padded, tf.reshape(flat_index, [batch, -1]), batch_dims=1
+            ),
+            tf.shape(flat_index),
+        )
+
+        def grad(upstream):
+            upstream = tf.where(outputs > 0, upstream, tf.zeros_like(upstream))
+            per_output = math.prod(outputs.shape[1:])
+            # The kernel adds `grad[i]` at `argmax[i]` (offset by the batch
+            # index) and only checks that the shapes agree with a pooling,
+            # so the tensors are viewed as (batch, 1, n, 1) and the "window"
+            # is chosen so that pooling `per_example` cells gives
+            # `per_output` (a window start per output cell never exceeds
+            # the padded input's size).
+            scattered = tf.raw_ops.MaxPoolGradWithArgmax(
+                input=tf.reshape(padded, [batch, 1, per_example, 1]),
+                grad=tf.reshape(upstream, [batch, 1, per_output, 1]),
+                argmax=tf.reshape(flat_index, [batch, 1, per_output, 1]),
+                ksize=[1, 1, per_example - per_output + 1, 1],
+                strides=[1, 1, 1, 1],
+                padding="VALID",
+                include_batch_in_index=False,
+            )
+            scattered = tf.reshape(scattered, tf.shape(padded))
+            if layer.padding == "same":
+                pads = layer._same_pads(layer._spatial_shape(x.shape))
+                starts = layer._full_shape([p[0] for p in pads], 0)
+                scattered = tf.slice(scattered, starts, tf.shape(x))
+            return scattered, tf.zeros_like(uniform)
+
+        return outputs, grad
+
+    return sample(inputs, uniform)
+
+
+def running_sums(layer, windows):
+    """Running sums along the window axis of `layer._windows`'s result.
+
+    A product with a triangular matrix of ones adds the same terms as
+    `cumsum`, whose CPU kernel along a short axis is ~10x slower. (A GPU
+    that multiplies float32 in TF32 rounds them to 10 bits first, moving
+    the sampling probabilities by < 0.1%; the sampled values stay exact.)
+    """
+    import tensorflow as tf
+
+    size = windows.shape[layer._window_axis]
+    triangle = tf.constant(np.tril(np.ones((size, size))), windows.dtype)
+    if layer._channels_last:
+        return tf.matmul(triangle, windows)
+    return tf.matmul(windows, triangle, transpose_b=True)
+
+
+def window_flat_indices(layer, padded_shape, size):
+    """Flat positions, per example, of the window elements of `padded`.
+
+    Returns `(base, offsets)`: `base` has the output's shape without the
+    batch (the position of each window's first element, channel included)
+    and `offsets[j]` is the distance from it to element `j` in row-major
+    order, so element `j` of a window is at `base + offsets[j]`.
+    """
+    import tensorflow as tf
+
+    example_shape = tuple(padded_shape[1:])
+    spatial = layer._spatial_shape((None, *example_shape))
+    # `padded` is padded already: its windows are "valid" ones.
+    output_spatial = [
+        (n - k) // s + 1
+        for n, k, s in zip(spatial, layer.pool_size, layer.strides, strict=True)
+    ]
+    channels = padded_shape[-1 if layer._channels_last else 1]
+    # Row-major distances between neighbours along each spatial dim.
+    strides = np.cumprod((*spatial[1:], 1)[::-1])[::-1]
+    if layer._channels_last:
+        strides = strides * channels
+        channel_stride, channel_axis = 1, -1
+    else:
+        channel_stride, channel_axis = math.prod(spatial), 0
+    base = np.zeros(
+        (*output_spatial, channels)
+        if layer._channels_last
+        else (channels, *output_spatial),
+        np.int64,
+    )
+    first_spatial_axis = 0 if layer._channels_last else 1
+    for dim, (n_out, step, stride) in enumerate(
+        zip(output_spatial, layer.strides, strides, strict=True)
+    ):
+        shape = [1] * base.ndim
+        shape[first_spatial_axis + dim] = n_out
+        base += (np.arange(n_out) * step * stride).reshape(shape)
+    shape = [1] * base.ndim
+    shape[channel_axis] = channels
+    base += (np.arange(channels) * channel_stride).reshape(shape)
+    offsets = np.zeros((), np.int64)
+    for k, stride in zip(layer.pool_size, strides, strict=True):
+        offsets = np.add.outer(offsets, np.arange(k) * stride)
+    offsets = offsets.reshape(-1)
+    assert offsets.size == size
+    return tf.constant(base), offsets

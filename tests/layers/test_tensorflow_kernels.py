@@ -1,0 +1,129 @@
+"""The TensorFlow kernels against the layers' `keras.ops` paths.
+
+The other layer tests check both paths against NumPy references (on
+TensorFlow the kernels run in eager and graph mode where they apply, the
+`keras.ops` path under XLA and elsewhere); these check that the two compute
+the same outputs from the same random draws, with the same gradients, on
+every window case, including those where the layers pick only one of them.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from kpool import layers
+
+from .cases import WINDOW_CASES, random_input, window_args
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="TensorFlow-only kernels",
+)
+
+STOCHASTIC_POOLINGS = {
+    1: layers.StochasticPooling1D,
+    2: layers.StochasticPooling2D,
+    3: layers.StochasticPooling3D,
+}
+MIN_POOLINGS = {
+    1: layers.MinPooling1D,
+    2: layers.MinPooling2D,
+    3: layers.MinPooling3D,
+}
+# Stride 1 makes every cell but the borders part of several windows.
+CASES = [*WINDOW_CASES, (2, "same", "channels_first", 3, 1)]
+
+
+def value_and_gradient(function, x, upstream):
+    import tensorflow as tf
+
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs = function(x)
+        loss = tf.reduce_sum(upstream * outputs)
+    return np.asarray(outputs), np.asarray(tape.gradient(loss, x))
+
+
+@pytest.mark.parametrize("rank, padding, data_format, pool, stride", CASES)
+def test_stochastic_sample_kernel_matches_keras_ops_path(
+    rng, rank, padding, data_format, pool, stride
+):
+    import tensorflow as tf
+
+    from kpool.layers import tensorflow_kernels
+
+    args = window_args(rank, padding, data_format, pool, stride)
+    x = random_input(rng, rank, data_format)
+    # An example without positive inputs: output 0, no gradient.
+    x[0] = -np.abs(x[0])
+    layer = STOCHASTIC_POOLINGS[rank](**args, seed=0)
+    layer.build(x.shape)
+    uniform = np.asarray(layer._draw_uniform(tf.constant(x)))
+    upstream = rng.uniform(1, 2, layer.compute_output_shape(x.shape))
+    upstream = upstream.astype("float32")
+
+    kernel = value_and_gradient(
+        lambda x: tensorflow_kernels.stochastic_sample(layer, x, uniform),
+        x,
+        upstream,
+    )
+    keras_ops = value_and_gradient(
+        lambda x: layer._sample(layer._zero_pad(tf.nn.relu(x)), uniform),
+        x,
+        upstream,
+    )
+    np.testing.assert_array_equal(kernel[0], keras_ops[0])
+    np.testing.assert_array_equal(kernel[0][0], 0)
+    np.testing.assert_allclose(kernel[1], keras_ops[1], rtol=1e-6)
+    np.testing.assert_array_equal(kernel[1][0], 0)
+
+
+@pytest.mark.parametrize("rank, padding, data_format, pool, stride", CASES)
+def test_min_pool_kernel_matches_keras_ops_path(
+    rng, rank, padding, data_format, pool, stride
+):
+    from keras import ops
+
+    args = window_args(rank, padding, data_format, pool, stride)
+    x = random_input(rng, rank, data_format)
+    layer = MIN_POOLINGS[rank](**args)
+    upstream = rng.uniform(1, 2, layer.compute_output_shape(x.shape))
+    upstream = upstream.astype("float32")
+    kernel = value_and_gradient(layer, x, upstream)
+    keras_ops = value_and_gradient(
+        lambda x: -layer._max_pool(ops.negative(x)), x, upstream
+    )
+    np.testing.assert_array_equal(kernel[0], keras_ops[0])
+    np.testing.assert_array_equal(kernel[1], keras_ops[1])
+
+
+def test_kernels_apply_outside_xla_only():
+    import tensorflow as tf
+
+    from kpool.layers import tensorflow_kernels
+
+    seen = {}
+
+    def probe(name):
+        seen[name] = tensorflow_kernels.applies()
+        return tf.constant(0.0)
+
+    probe("eager")
+    tf.function(lambda: probe("graph"))()
+    tf.function(lambda: probe("xla"), jit_compile=True)()
+    assert seen == {"eager": True, "graph": True, "xla": False}
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_training_in_graph_and_xla_samples_window_elements(rng, jit_compile):
+    import tensorflow as tf
+
+    args = window_args(2, "same", "channels_last", 3, 2)
+    x = rng.uniform(0.5, 1.5, (2, 5, 5, 3)).astype("float32")
+    layer = layers.StochasticPooling2D(**args, seed=0)
+    outputs = tf.function(
+        lambda x: layer(x, training=True), jit_compile=jit_compile
+    )(tf.constant(x))
+    # Every output is one of the inputs (all positive, all distinct).
+    assert np.isin(np.asarray(outputs), x).all()
