@@ -4,6 +4,7 @@ import numbers
 import keras
 from keras import ops
 
+from kpool.layers import tensorflow_kernels
 from kpool.layers.base_pooling import BasePooling
 from kpool.layers.unit_interval import UnitInterval
 
@@ -186,10 +187,15 @@ class MixedPooling(BasePooling):
         channel_axis = -1 if self.data_format == "channels_last" else 1
         channels = padded.shape[channel_axis]
         # keras.ops has no 3D depthwise convolution on TensorFlow, and XLA
-        # (JAX) runs one on CPU 3-4x slower than the window extraction it
-        # fuses; TensorFlow's graph mode and torch run the convolution as one
-        # fast kernel, where the extraction costs several times more.
-        if self.num_spatial_dims == 3 or keras.config.backend() == "jax":
+        # (JAX, TensorFlow with jit_compile=True) runs one on CPU 3-9x slower
+        # than the window extraction it fuses; TensorFlow's graph mode and
+        # torch run the convolution as one fast kernel, where the extraction
+        # costs several times more.
+        backend = keras.config.backend()
+        in_xla = backend == "jax" or (
+            backend == "tensorflow" and not tensorflow_kernels.applies()
+        )
+        if self.num_spatial_dims == 3 or in_xla:
             windows = self._windows(padded)
             if len(kernel.shape) == 1 and self._channels_last:
                 kernel = kernel[:, None]

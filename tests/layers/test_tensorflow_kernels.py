@@ -127,3 +127,24 @@ def test_training_in_graph_and_xla_samples_window_elements(rng, jit_compile):
     )(tf.constant(x))
     # Every output is one of the inputs (all positive, all distinct).
     assert np.isin(np.asarray(outputs), x).all()
+
+
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_gate_under_xla_matches_graph_mode(rng, granularity, data_format):
+    import tensorflow as tf
+
+    # Graph mode computes the gate as a depthwise convolution, XLA from the
+    # extracted windows.
+    args = window_args(2, "same", data_format, 3, 2)
+    x = random_input(rng, 2, data_format)
+    layer = layers.MixedPooling2D(**args, mode="gated", granularity=granularity)
+    layer.build(x.shape)
+    layer.gate_kernel.assign(rng.normal(size=layer.gate_kernel.shape))
+    outputs = {
+        jit_compile: np.asarray(
+            tf.function(layer, jit_compile=jit_compile)(tf.constant(x))
+        )
+        for jit_compile in (False, True)
+    }
+    np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5)
