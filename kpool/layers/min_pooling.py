@@ -8,10 +8,12 @@ from kpool.layers.base_pooling import BasePooling
 class MinPooling(BasePooling):
     """Min pooling: the minimum of each window, for each channel.
 
-    Computed as `-max_pool(-x)` with the built-in max pooling, so it is as
-    fast as `MaxPooling*D`, the gradient reaches the minimal element of each
-    window, and under `"same"` a padded cell is never the result (the
-    built-in pads max pooling with `-inf`, which `-x` turns into `+inf`).
+    Computed as `-max_pool(-x)` with the built-in max pooling, so it costs
+    `MaxPooling*D` plus a negation of the input, the gradient reaches the
+    minimal element of each window, and under `"same"` a padded cell is
+    never the result (the built-in pads max pooling with `-inf`, which `-x`
+    turns into `+inf`). On TensorFlow the gradient skips the negation
+    autodiff would add (`tensorflow_kernels.min_pool`).
 
     Under `"valid"` the output has `floor((n - pool_size) / strides) + 1`
     cells along a spatial dim of size `n`; under `"same"`, `ceil(n / strides)`.

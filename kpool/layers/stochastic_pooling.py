@@ -28,10 +28,12 @@ class StochasticPooling(BasePooling):
     per output cell and samples by inverting the window's cumulative sum:
     with `c_j` the running sum of the window's elements in row-major order,
     the output is the `a_j` with `c_{j-1} <= u * c_last < c_j`. The
-    gradient reaches only the sampled element. Both are computed in float32
-    when the compute dtype is float16 or bfloat16 (`a**2` overflows float16,
-    and a bfloat16 uniform has only 8 bits), then cast back to the compute
-    dtype.
+    gradient reaches only the sampled element. (On TensorFlow outside XLA,
+    overlapping windows are sampled by
+    `tensorflow_kernels.stochastic_sample`, which draws the same `u` and
+    picks the same elements.) Both are computed in float32 when the compute
+    dtype is float16 or bfloat16 (`a**2` overflows float16, and a bfloat16
+    uniform has only 8 bits), then cast back to the compute dtype.
 
     The spatial dims must be known when the layer is called in training or
     under `"same"`.
