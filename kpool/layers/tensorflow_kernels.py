@@ -67,13 +67,13 @@ def stochastic_sample(layer, inputs, uniform):
     `StochasticPooling._sample` does: in each window of `a = relu(inputs)`
     (zero-padded as `"same"` pads), with running sums `c_j` in row-major
     order, the output is `a_m` for `m = #{j : c_j <= uniform * c_last}`, the
-    first element whose running sum exceeds the threshold. `m` is found by
-    a count instead of a mask, its flat position in the padded input is
-    recorded, and the gradient is scattered there by TensorFlow's
-    `MaxPoolGradWithArgmax` kernel (one pass), instead of flowing back
-    through the window extraction. The gradient is the upstream gradient at
-    the sampled cell and zero elsewhere; a window with no positive input
-    (output 0) passes none.
+    first element whose running sum exceeds the threshold. Its flat position
+    in the padded input is found from the 0/1 vector `c_j <= threshold`, the
+    value is gathered from there, and the gradient is scattered there by
+    TensorFlow's `MaxPoolGradWithArgmax` kernel (one pass), instead of
+    flowing back through the window extraction. The gradient is the
+    upstream gradient at the sampled cell and zero elsewhere; a window with
+    no positive input (output 0) passes none.
     """
     import tensorflow as tf
 
@@ -84,7 +84,7 @@ def stochastic_sample(layer, inputs, uniform):
         axis = layer._window_axis % len(windows.shape)
         size = windows.shape[axis]
         cumulative = running_sums(layer, windows)
-        total = tf.gather(cumulative, [size - 1], axis=axis)
+        total = layer._unit_slice(cumulative, axis, size - 1, 1)
         below = tf.cast(cumulative <= uniform * total, cumulative.dtype)
         # The running sums never decrease, so `below` is 1 for the elements
         # before the sampled one and 0 from it on, and the sampled element's
@@ -103,7 +103,8 @@ def stochastic_sample(layer, inputs, uniform):
         else:
             offset = tf.matmul(below, tf.constant(steps[:, None]))
         offset = tf.squeeze(offset, axis)
-        flat_index = tf.cast(tf.round(offset), tf.int64) + base
+        # Sums of integers below 2**24: exact, so the cast loses nothing.
+        flat_index = tf.cast(offset, tf.int64) + base
         batch = tf.shape(x)[0]
         per_example = math.prod(padded.shape[1:])
         flat_padded = tf.reshape(padded, [batch, per_example])
