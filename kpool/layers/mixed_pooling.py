@@ -177,8 +177,8 @@ class MixedPooling(BasePooling):
         ]
         # Drawn in float32 whatever the compute dtype: a bfloat16 uniform has
         # 8 bits, too coarse to compare with an arbitrary `alpha`.
-        uniform = keras.random.uniform(
-            shape, dtype="float32", seed=self.seed_generator
+        uniform = tensorflow_kernels.uniform(
+            shape, "float32", self.seed_generator
         )
         return uniform < self.alpha
 

@@ -109,8 +109,8 @@ class StochasticPooling(BasePooling):
         """
         shape = list(self.compute_output_shape(ops.shape(inputs)))
         shape.insert(self._window_axis % (len(shape) + 1), 1)
-        return keras.random.uniform(
-            shape, dtype=inputs.dtype, seed=self.seed_generator
+        return tensorflow_kernels.uniform(
+            shape, inputs.dtype, self.seed_generator
         )
 
     def _expectation(self, activations):

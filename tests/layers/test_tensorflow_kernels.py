@@ -148,3 +148,29 @@ def test_gate_under_xla_matches_graph_mode(rng, granularity, data_format):
         for jit_compile in (False, True)
     }
     np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_uniform_draws_keras_numbers(mode, dtype):
+    import tensorflow as tf
+
+    from kpool.layers import tensorflow_kernels
+
+    def draws(uniform):
+        # Three draws: the seed generator must advance as Keras's does.
+        generator = keras.random.SeedGenerator(1234)
+        shape = (3, 5, 7)
+        draw = lambda: uniform(shape, dtype, generator)  # noqa: E731
+        if mode != "eager":
+            draw = tf.function(draw, jit_compile=mode == "xla")
+        return np.stack([np.asarray(draw(), "float32") for _ in range(3)])
+
+    expected = draws(
+        lambda shape, dtype, seed: keras.random.uniform(
+            shape, dtype=dtype, seed=seed
+        )
+    )
+    drawn = draws(tensorflow_kernels.uniform)
+    np.testing.assert_array_equal(drawn, expected)
+    assert not np.array_equal(drawn[0], drawn[1])
