@@ -6,17 +6,25 @@ backend (`kpool.bench.COMPILE_MODES`; the mode Keras's `jit_compile="auto"`
 picks is marked `default_compile_mode`). A time is the median after warm-up;
 every layer is timed interleaved with MaxPooling2D in the same process, and
 the ratio to it is what the goals are about (`kpool.bench.RATIO_GOALS`).
+`--runs N` repeats the whole layer benchmark in N fresh processes: on a
+shared machine one process's ratios can be off by half, so the summary
+reports each case's median ratio over the runs, with its range.
 `--model-fit` adds the ratio a user sees: one `model.fit` epoch of a tiny
 conv net with its pooling layers swapped.
 
-    KERAS_BACKEND=jax python experiments/bench_layers.py --model-fit
+    KERAS_BACKEND=jax python experiments/bench_layers.py --runs 3 --model-fit
 
-Writes `layers_<backend>.csv` (and `model_fit_<backend>.csv`) under
-`--output-dir` (default results/layers/).
+Writes `layers_<backend>.csv` (every run's rows, with a `run` column),
+`layers_<backend>_summary.csv` (one row per case, `bench.summarize_runs`)
+and `model_fit_<backend>.csv` under `--output-dir` (default results/layers/).
 """
 
 import argparse
+import csv
 import os
+import subprocess
+import sys
+import tempfile
 
 import keras
 
@@ -30,6 +38,18 @@ LAYER_COLUMNS = (
     "median_ms",
     "maxpool_median_ms",
     "ratio",
+    "goal_ratio",
+    "meets_goal",
+)
+SUMMARY_COLUMNS = (
+    "layer",
+    "mode_phase",
+    "pool",
+    "compile_mode",
+    "runs",
+    "ratio",
+    "ratio_min",
+    "ratio_max",
     "goal_ratio",
     "meets_goal",
 )
@@ -50,6 +70,12 @@ def parse_args(argv):
     parser.add_argument("--output-dir", default="results/layers")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--runs",
+        type=positive_int,
+        default=1,
+        help="layer benchmark runs, each in a fresh process when more than 1",
+    )
     parser.add_argument(
         "--batch-shape", type=int, nargs=4, default=(128, 32, 32, 64)
     )
@@ -86,6 +112,48 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def layer_argv(args):
+    """The arguments that make a child process run the same layer cases."""
+    argv = ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    argv += ["--batch-shape", *map(str, args.batch_shape)]
+    argv += ["--padding", args.padding]
+    if args.compile_modes:
+        argv += ["--compile-modes", *args.compile_modes]
+    if args.quick:
+        argv.append("--quick")
+    return argv
+
+
+def run_layers(args, layer_settings):
+    """Rows of every run, each tagged with its `run` index."""
+    if args.runs == 1:
+        rows = bench.benchmark_layers(**layer_settings)
+        print(bench.format_table(rows, LAYER_COLUMNS))
+        return [{"run": 0, **row} for row in rows]
+    backend = keras.backend.backend()
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        for run in range(args.runs):
+            print(f"=== run {run + 1} of {args.runs}, in a fresh process")
+            output_dir = os.path.join(directory, str(run))
+            subprocess.run(
+                [sys.executable, __file__, *layer_argv(args)]
+                + ["--output-dir", output_dir],
+                check=True,
+            )
+            path = os.path.join(output_dir, f"layers_{backend}.csv")
+            with open(path, newline="") as f:
+                rows += [{**row, "run": run} for row in csv.DictReader(f)]
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
     backend = keras.backend.backend()
@@ -105,11 +173,19 @@ def main(argv=None):
     print(f"Keras's default here: {bench.default_compile_mode()!r}")
 
     if not args.skip_layers:
-        rows = bench.benchmark_layers(**layer_settings)
+        rows = run_layers(args, layer_settings)
         path = os.path.join(args.output_dir, f"layers_{backend}.csv")
         bench.write_csv(rows, path)
-        print(bench.format_table(rows, LAYER_COLUMNS))
-        print(f"Wrote {path} ({rows[0]['device']}, {rows[0]['machine']})")
+        summary = bench.summarize_runs(rows)
+        summary_path = os.path.join(
+            args.output_dir, f"layers_{backend}_summary.csv"
+        )
+        bench.write_csv(summary, summary_path)
+        if args.runs > 1:
+            print(f"=== median over {args.runs} runs")
+            print(bench.format_table(summary, SUMMARY_COLUMNS))
+        print(f"Wrote {path} and {summary_path}")
+        print(f"({rows[0]['device']}, {rows[0]['machine']})")
 
     if args.model_fit:
         rows = []

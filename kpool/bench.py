@@ -382,6 +382,68 @@ def benchmark_layers(
     return rows
 
 
+# What identifies a case of `benchmark_layers`, and what a summary keeps of
+# it from its first run.
+_CASE_KEYS = ("layer", "mode_phase", "pool", "compile_mode")
+_KEPT_KEYS = (
+    "default_compile_mode",
+    "batch_shape",
+    "repeats",
+    "dtype",
+    "backend",
+    "device",
+    "keras_version",
+    "machine",
+)
+
+
+def summarize_runs(rows):
+    """One row per case from the rows of several `benchmark_layers` runs.
+
+    Within one run every ratio is timed interleaved with MaxPooling2D, but a
+    whole process can sit in a slow or fast state on a shared CPU (seen
+    here: MaxPooling2D's median moved between 3.6 and 7.4 ms from one run to
+    the next while the layers' held), so a ratio from one process can be off
+    by half. The summary gives each case's median ratio over the runs, with
+    the smallest and largest, and judges the goal on the median. `rows`
+    carry a `run` column; cases keep their first-seen order.
+    """
+    cases = {}
+    for row in rows:
+        cases.setdefault(tuple(row[k] for k in _CASE_KEYS), []).append(row)
+    summary = []
+    for key, runs in cases.items():
+        ratios = [float(r["ratio"]) for r in runs]
+        goal = runs[0]["goal_ratio"]
+        goal = None if goal in (None, "") else float(goal)
+        ratio = statistics.median(ratios)
+        first = runs[0]
+        summary.append(
+            {
+                **dict(zip(_CASE_KEYS, key, strict=True)),
+                "runs": len(runs),
+                "ratio": round(ratio, 3),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+                "median_ms": round(
+                    statistics.median(float(r["median_ms"]) for r in runs), 4
+                ),
+                "maxpool_median_ms": round(
+                    statistics.median(
+                        float(r["maxpool_median_ms"]) for r in runs
+                    ),
+                    4,
+                ),
+                "goal_ratio": goal,
+                "meets_goal": None if goal is None else ratio <= goal,
+                **{k: first[k] for k in _KEPT_KEYS},
+                "first_date": min(r["date"] for r in runs),
+                "last_date": max(r["date"] for r in runs),
+            }
+        )
+    return summary
+
+
 def conv_model(pooling, *, input_shape=(32, 32, 3), num_classes=10):
     """A tiny conv net with two downsamplings made by `pooling()`."""
     keras.utils.set_random_seed(0)

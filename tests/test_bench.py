@@ -184,6 +184,95 @@ def test_bench_layers_script_writes_every_case_with_its_ratio(tmp_path):
         assert float(row["ratio"]) == pytest.approx(step_ratio, rel=1e-2)
 
 
+def test_summarize_runs_takes_each_cases_median_ratio_over_runs():
+    ratios = {
+        ("MinPooling2D", ""): [1.7, 1.4, 1.6],
+        ("MixedPooling2D", "learned"): [3.0, 1.0, 2.0],
+    }
+    kept = {
+        "default_compile_mode": True,
+        "batch_shape": "4x8x8x4",
+        "repeats": 2,
+        "dtype": "float32",
+        **bench.environment(),
+    }
+    del kept["date"]
+    rows = [
+        {
+            "run": run,
+            "layer": layer,
+            "mode_phase": mode,
+            "pool": "2x2/s2/valid",
+            "compile_mode": "graph",
+            "median_ms": 10.0 * ratio,
+            "maxpool_median_ms": 10.0,
+            "ratio": ratio,
+            "goal_ratio": bench.RATIO_GOALS[layer, mode],
+            "date": f"2026-11-21T09:0{run}:00",
+            **kept,
+        }
+        for run in range(3)
+        for (layer, mode), case_ratios in ratios.items()
+        for ratio in [case_ratios[run]]
+    ]
+    summary = bench.summarize_runs(rows)
+    assert [(r["layer"], r["mode_phase"]) for r in summary] == list(ratios)
+    for row in summary:
+        case_ratios = ratios[row["layer"], row["mode_phase"]]
+        assert row["runs"] == 3
+        assert row["ratio"] == pytest.approx(np.median(case_ratios))
+        assert row["ratio_min"] == min(case_ratios)
+        assert row["ratio_max"] == max(case_ratios)
+        assert row["median_ms"] == pytest.approx(10 * np.median(case_ratios))
+        median = np.median(case_ratios)
+        assert row["meets_goal"] == (median <= row["goal_ratio"])
+        assert {k: row[k] for k in kept} == kept
+        assert row["first_date"] == "2026-11-21T09:00:00"
+        assert row["last_date"] == "2026-11-21T09:02:00"
+    # 1.6 > 1.5 misses; 2.0 <= 2.5 meets: the median decides, not any run.
+    assert [r["meets_goal"] for r in summary] == [False, True]
+
+
+def test_bench_layers_script_summarises_fresh_process_runs(tmp_path):
+    main = load_script("bench_layers.py")["main"]
+    main(
+        [
+            "--quick",
+            "--runs",
+            "2",
+            "--compile-modes",
+            bench.default_compile_mode(),
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
+    backend = keras.backend.backend()
+    rows = read_csv(tmp_path / f"layers_{backend}.csv")
+    summary = read_csv(tmp_path / f"layers_{backend}_summary.csv")
+    cases = [(layer, mode) for layer, mode, _ in bench.LAYER_CASES]
+    pools = ["2x2/s2/valid", "3x3/s2/valid"]
+    assert [(r["layer"], r["mode_phase"], r["pool"]) for r in summary] == [
+        (*case, pool) for pool in pools for case in cases
+    ]
+    for row in summary:
+        runs = [
+            r
+            for r in rows
+            if (r["layer"], r["mode_phase"], r["pool"])
+            == (row["layer"], row["mode_phase"], row["pool"])
+        ]
+        assert sorted(r["run"] for r in runs) == ["0", "1"]
+        ratio = np.median([float(r["ratio"]) for r in runs])
+        assert row["runs"] == "2"
+        assert float(row["ratio"]) == pytest.approx(ratio, abs=1e-3)
+
+
+def test_bench_layers_script_rejects_zero_runs():
+    main = load_script("bench_layers.py")["main"]
+    with pytest.raises(SystemExit):
+        main(["--runs", "0"])
+
+
 def test_conv_model_uses_the_given_pooling_twice():
     model = bench.conv_model(
         lambda: bench.make_layer("MinPooling2D", "", pool_size=2)
