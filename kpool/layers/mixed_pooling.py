@@ -150,30 +150,35 @@ class MixedPooling(BasePooling):
 
     def call(self, inputs, training=False):
         padded = self._zero_pad(inputs)
-        max_pooled = self._max_pool(inputs)
-        avg_pooled = self._average_pool(inputs, padded)
+        choose = self.mode == "random" and bool(training)
         if self.mode == "learned":
             mixing = self._broadcast_channels(self.mixing_weight)
         elif self.mode == "gated":
             mixing = ops.sigmoid(self._gate_logits(padded))
-        elif training:
-            takes_max = self._draw_max_choices(max_pooled)
-            return ops.where(takes_max, max_pooled, avg_pooled)
+        elif choose:
+            mixing = self._draw_max_choices(inputs)
         else:
             mixing = self.alpha
+        if tensorflow_kernels.applies() and not isinstance(mixing, float):
+            return tensorflow_kernels.mixed_pool(self, inputs, mixing, choose)
+        max_pooled = self._max_pool(inputs)
+        avg_pooled = self._average_pool(inputs, padded)
+        if choose:
+            return ops.where(mixing, max_pooled, avg_pooled)
         return avg_pooled + mixing * (max_pooled - avg_pooled)
 
-    def _draw_max_choices(self, outputs):
-        """True where a unit takes max pooling, broadcastable to `outputs`."""
+    def _draw_max_choices(self, inputs):
+        """True where a unit takes max pooling, broadcastable to the output."""
+        output_shape = self.compute_output_shape(ops.shape(inputs))
+        rank = len(output_shape)
         channel_axis = 1 if self.data_format == "channels_first" else -1
         kept_axes = {0}
         if self.granularity == "region":
-            kept_axes = set(range(len(outputs.shape)))
+            kept_axes = set(range(rank))
         elif self.granularity == "channel":
-            kept_axes.add(channel_axis % len(outputs.shape))
+            kept_axes.add(channel_axis % rank)
         shape = [
-            n if axis in kept_axes else 1
-            for axis, n in enumerate(ops.shape(outputs))
+            n if axis in kept_axes else 1 for axis, n in enumerate(output_shape)
         ]
         # Drawn in float32 whatever the compute dtype: a bfloat16 uniform has
         # 8 bits, too coarse to compare with an arbitrary `alpha`.

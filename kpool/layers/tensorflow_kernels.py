@@ -98,6 +98,94 @@ def min_pool(inputs, max_pool):
     return forward(inputs)
 
 
+def mixed_pool(layer, inputs, mixing, choose):
+    """Mixed pooling's `avg + mixing * (max - avg)`, with a lean gradient.
+
+    `mixing` broadcasts against the output. With `choose` (the random mode
+    in training) it is boolean and the output is exactly `max` where it is
+    true and `avg` elsewhere; it gets no gradient. Otherwise it gets
+    `sum(upstream * (max - avg))` over the axes it is broadcast along.
+
+    The input gradient is max pooling's gradient of `mixing * upstream`
+    plus average pooling's of `(1 - mixing) * upstream`, two output-sized
+    products where autodiff takes four. Where the windows tile the input
+    exactly (`pool_size == strides`, each spatial dim a multiple), average
+    pooling's gradient is its upstream gradient over the window size,
+    repeated over each window: it is added to max pooling's as a broadcast
+    in one input-sized pass, instead of `AvgPoolGrad` and a sum of two
+    input-sized gradients.
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def mix(x, mixing):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            max_pooled = layer._max_pool(x)
+            avg_pooled = layer._average_pool(x, layer._zero_pad(x))
+        if choose:
+            weight = tf.cast(mixing, x.dtype)
+            outputs = tf.where(mixing, max_pooled, avg_pooled)
+        else:
+            weight = mixing
+            difference = max_pooled - avg_pooled
+            outputs = avg_pooled + mixing * difference
+
+        def grad(upstream):
+            to_max = upstream * weight
+            to_avg = upstream - to_max
+            dx = tape.gradient(max_pooled, x, output_gradients=to_max)
+            blocks = _window_blocks(layer, x.shape)
+            if blocks is None:
+                dx += tape.gradient(avg_pooled, x, output_gradients=to_avg)
+            else:
+                tiled, per_window = blocks
+                size = math.prod(layer.pool_size)
+                dx = tf.reshape(
+                    tf.reshape(dx, tiled)
+                    + tf.reshape(to_avg * (1.0 / size), per_window),
+                    tf.shape(x),
+                )
+            if choose:
+                return dx, None
+            product = upstream * difference
+            lead = len(product.shape) - len(mixing.shape)
+            axes = [*range(lead)] + [
+                lead + i for i, n in enumerate(mixing.shape) if n == 1
+            ]
+            return dx, tf.reshape(
+                tf.reduce_sum(product, axis=axes), tf.shape(mixing)
+            )
+
+        return outputs, grad
+
+    return mix(inputs, tf.convert_to_tensor(mixing))
+
+
+def _window_blocks(layer, input_shape):
+    """Shapes that split the input into its windows, if they tile it.
+
+    `None` unless `pool_size == strides` and the windows cover every
+    spatial dim exactly (no padding, nothing dropped). Otherwise returns
+    the input's shape with each spatial dim `n` split into
+    `(n // k, k)`, and the same with `(n // k, 1)`: an output-sized tensor
+    reshaped to the latter broadcasts over each window.
+    """
+    windows = list(
+        zip(layer._spatial_shape(input_shape), layer.pool_size, strict=True)
+    )
+    if tuple(layer.pool_size) != tuple(layer.strides) or any(
+        n is None or n % k for n, k in windows
+    ):
+        return None
+    tiled = [d for n, k in windows for d in (n // k, k)]
+    per_window = [d for n, k in windows for d in (n // k, 1)]
+    channels = input_shape[-1 if layer._channels_last else 1]
+    if layer._channels_last:
+        return [-1, *tiled, channels], [-1, *per_window, channels]
+    return [-1, channels, *tiled], [-1, channels, *per_window]
+
+
 def stochastic_sample(layer, inputs, uniform):
     """Stochastic pooling's training output, with a scatter as gradient.
 

@@ -13,7 +13,7 @@ import pytest
 
 from kpool import layers
 
-from .cases import WINDOW_CASES, random_input, window_args
+from .cases import WINDOW_CASES, input_shape, random_input, window_args
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -174,3 +174,125 @@ def test_uniform_draws_keras_numbers(mode, dtype):
     drawn = draws(tensorflow_kernels.uniform)
     np.testing.assert_array_equal(drawn, expected)
     assert not np.array_equal(drawn[0], drawn[1])
+
+
+MIXED_POOLINGS = {
+    1: layers.MixedPooling1D,
+    2: layers.MixedPooling2D,
+    3: layers.MixedPooling3D,
+}
+# Spatial dims that the windows of pool 2, stride 2 tile exactly, the case
+# where the kernel adds average pooling's gradient as a broadcast.
+TILED_SHAPES = {1: (8,), 2: (8, 6), 3: (4, 6, 2)}
+MIXED_CASES = [
+    *(
+        pytest.param(*getattr(case, "values", case), False, id=case.id)
+        if hasattr(case, "id")
+        else (*case, False)
+        for case in CASES
+    ),
+    *(
+        pytest.param(
+            *(rank, "valid", data_format, 2, 2, True),
+            id=f"{rank}d-tiled-{data_format}",
+        )
+        for rank in (1, 2, 3)
+        for data_format in ("channels_last", "channels_first")
+    ),
+]
+
+
+def mixing_shape(output_shape, unit, data_format):
+    """The shape of a mixing tensor that varies per `unit`."""
+    channel_axis = 1 if data_format == "channels_first" else -1
+    if unit == "region":
+        return output_shape
+    if unit == "example-channel":
+        shape = [1] * len(output_shape)
+        shape[0] = output_shape[0]
+        shape[channel_axis] = output_shape[channel_axis]
+        return tuple(shape)
+    if unit == "channel":  # as `MixedPooling._broadcast_channels` shapes it
+        channels = output_shape[channel_axis]
+        if data_format == "channels_last":
+            return (channels,)
+        return (channels, *(1,) * (len(output_shape) - 2))
+    return ()
+
+
+@pytest.mark.parametrize("choose", [False, True])
+@pytest.mark.parametrize("unit", ["region", "example-channel", "channel", ""])
+@pytest.mark.parametrize(
+    "rank, padding, data_format, pool, stride, tiled", MIXED_CASES
+)
+def test_mixed_pool_kernel_matches_keras_ops_path(
+    rng, rank, padding, data_format, pool, stride, tiled, unit, choose
+):
+    import tensorflow as tf
+
+    from kpool.layers import tensorflow_kernels
+
+    args = window_args(rank, padding, data_format, pool, stride)
+    layer = MIXED_POOLINGS[rank](**args)
+    shape = input_shape(rank, data_format)
+    if tiled:
+        spatial = TILED_SHAPES[rank]
+        shape = (
+            (2, *spatial, 3)
+            if data_format == "channels_last"
+            else (2, 3, *spatial)
+        )
+    assert tiled == (
+        tensorflow_kernels._window_blocks(layer, shape) is not None
+    )
+    x = tf.constant(rng.standard_normal(shape).astype("float32"))
+    output_shape = layer.compute_output_shape(shape)
+    m_shape = mixing_shape(output_shape, unit, data_format)
+    if choose:
+        mixing = tf.constant(rng.uniform(size=m_shape) < 0.5)
+    else:
+        mixing = tf.constant(rng.uniform(size=m_shape).astype("float32"))
+    upstream = rng.uniform(1, 2, output_shape).astype("float32")
+
+    def keras_ops_path(x, mixing):
+        max_pooled = layer._max_pool(x)
+        avg_pooled = layer._average_pool(x, layer._zero_pad(x))
+        if choose:
+            return tf.where(mixing, max_pooled, avg_pooled)
+        return avg_pooled + mixing * (max_pooled - avg_pooled)
+
+    results = []
+    for function in (
+        lambda x, m: tensorflow_kernels.mixed_pool(layer, x, m, choose),
+        keras_ops_path,
+    ):
+        with tf.GradientTape() as tape:
+            tape.watch([x, mixing])
+            outputs = function(x, mixing)
+            loss = tf.reduce_sum(upstream * outputs)
+        gradients = tape.gradient(loss, [x, mixing])
+        results.append((outputs, *gradients))
+    (outputs, dx, dm), (expected, expected_dx, expected_dm) = results
+    np.testing.assert_array_equal(outputs, expected)
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-5, atol=1e-6)
+    if choose:
+        assert dm is None and expected_dm is None
+    else:
+        np.testing.assert_allclose(dm, expected_dm, rtol=1e-5, atol=1e-5)
+
+
+def test_window_blocks_only_where_windows_tile_the_input():
+    from kpool.layers import tensorflow_kernels
+
+    def blocks(shape, **kwargs):
+        layer = layers.MixedPooling2D(**kwargs)
+        return tensorflow_kernels._window_blocks(layer, shape)
+
+    tiled = blocks((None, 8, 6, 3), pool_size=2)
+    assert tiled == ([-1, 4, 2, 3, 2, 3], [-1, 4, 1, 3, 1, 3])
+    first = blocks((None, 3, 8, 6), pool_size=2, data_format="channels_first")
+    assert first == ([-1, 3, 4, 2, 3, 2], [-1, 3, 4, 1, 3, 1])
+    assert blocks((None, 7, 6, 3), pool_size=2) is None
+    assert blocks((None, 8, 6, 3), pool_size=2, strides=1) is None
+    assert blocks((None, 9, 6, 3), pool_size=3, strides=2) is None
+    assert blocks((None, None, 6, 3), pool_size=2) is None
