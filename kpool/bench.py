@@ -460,6 +460,33 @@ def conv_model(pooling, *, input_shape=(32, 32, 3), num_classes=10):
     )
 
 
+class StepClock(keras.callbacks.Callback):
+    """Seconds per training step of each `fit` call, from batch ends.
+
+    After each call, `step_seconds` gains the time from the first batch's
+    end to the last's over the steps between them (`nan` for a call of one
+    step): the steady step time, without the call's setup, first step
+    (tracing, iterator) and teardown.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.step_seconds = []
+        self._ends = []
+
+    def on_train_begin(self, logs=None):
+        self._ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._ends.append(time.perf_counter())
+
+    def on_train_end(self, logs=None):
+        steps = len(self._ends) - 1
+        self.step_seconds.append(
+            (self._ends[-1] - self._ends[0]) / steps if steps else float("nan")
+        )
+
+
 def benchmark_model_fit(
     *,
     pools=((2, 2),),
@@ -471,13 +498,17 @@ def benchmark_model_fit(
     padding="valid",
     cases=LAYER_CASES,
 ):
-    """Times one `model.fit` epoch of `conv_model` per case and max pooling.
+    """Times `model.fit` steps of `conv_model` per case and max pooling.
 
     What a user sees: Keras's own train step, data handling and compile
-    mode. The models differ only in their pooling layers and the epochs are
-    interleaved. Returns one row per case and pool with the median time per
-    step and the ratio to max pooling. Training-phase cases only: `fit`
-    always trains.
+    mode. The models differ only in their pooling layers and their one-epoch
+    `fit` calls are interleaved. A step's time is read between batch ends
+    (`StepClock`), the first step of each call left out: that is the time
+    per step of a long `fit`, without what each call costs once (building
+    the data iterator; on TensorFlow, ~0.6 s of teardown after some calls,
+    which doubled an epoch's time at random). Returns one row per case and
+    pool with the median time per step and the ratio to max pooling.
+    Training-phase cases only: `fit` always trains.
     """
     import numpy as np
 
@@ -488,7 +519,7 @@ def benchmark_model_fit(
     rows = []
     for pool_size, strides in pools:
         window = dict(pool_size=pool_size, strides=strides, padding=padding)
-        epochs = {}
+        epochs, clocks = {}, {}
         for name in [
             BASELINE,
             *((n, m) for n, m, training in cases if training),
@@ -502,6 +533,7 @@ def benchmark_model_fit(
                 jit_compile=jit_compile,
             )
             resolved_jit_compile = model.jit_compile
+            clocks[name] = StepClock()
             epochs[name] = functools.partial(
                 model.fit,
                 x,
@@ -510,11 +542,15 @@ def benchmark_model_fit(
                 epochs=1,
                 shuffle=False,
                 verbose=0,
+                callbacks=[clocks[name]],
             )
-        times = time_interleaved(epochs, repeats=repeats, warmup=warmup)
-        max_ms = median_ms(times.pop(BASELINE)) / steps
+        time_interleaved(epochs, repeats=repeats, warmup=warmup)
+        times = {
+            name: clock.step_seconds[warmup:] for name, clock in clocks.items()
+        }
+        max_ms = median_ms(times.pop(BASELINE))
         for (layer_name, mode), seconds in times.items():
-            step_ms = median_ms(seconds) / steps
+            step_ms = median_ms(seconds)
             rows.append(
                 {
                     "layer": layer_name,

@@ -9,6 +9,7 @@ import os
 import runpy
 import subprocess
 import sys
+import types
 
 import keras
 import numpy as np
@@ -271,6 +272,33 @@ def test_bench_layers_script_rejects_zero_runs():
     main = load_script("bench_layers.py")["main"]
     with pytest.raises(SystemExit):
         main(["--runs", "0"])
+
+
+def test_step_clock_times_steps_between_batch_ends(monkeypatch):
+    clock = bench.StepClock()
+    for ends in ([10.0, 10.5, 11.25, 11.5], [20.0]):
+        clock_module = types.SimpleNamespace(perf_counter=iter(ends).__next__)
+        monkeypatch.setattr(bench, "time", clock_module)
+        clock.on_train_begin()
+        for batch in range(len(ends)):
+            clock.on_train_batch_end(batch)
+        clock.on_train_end()
+    # Three steps in 1.5 s after the first; a one-step call has no steady
+    # step to time.
+    assert clock.step_seconds[0] == pytest.approx(0.5)
+    assert np.isnan(clock.step_seconds[1])
+
+
+def test_step_clock_sees_every_step_of_fit():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    clock = bench.StepClock()
+    x = np.zeros((12, 2), "float32")
+    y = np.zeros((12, 1), "float32")
+    for _ in range(2):
+        model.fit(x, y, batch_size=3, verbose=0, callbacks=[clock])
+    assert len(clock.step_seconds) == 2
+    assert all(0 < s < 60 for s in clock.step_seconds)
 
 
 def test_conv_model_uses_the_given_pooling_twice():

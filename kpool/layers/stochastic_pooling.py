@@ -87,13 +87,25 @@ class StochasticPooling(BasePooling):
         overlapping = any(
             k > s for k, s in zip(self.pool_size, self.strides, strict=True)
         )
-        if training and overlapping and tensorflow_kernels.applies():
+        kernels = tensorflow_kernels.applies()
+        # Where windows tile the input, the kernels' gradients work in its
+        # layout, with the upstream gradient broadcast over each window.
+        tiled = kernels and tensorflow_kernels.window_blocks(self, inputs.shape)
+        if training and overlapping and kernels:
             outputs = tensorflow_kernels.stochastic_sample(
+                self, inputs, self._draw_uniform(inputs)
+            )
+        elif training and tiled:
+            outputs = tensorflow_kernels.tiled_stochastic_sample(
                 self, inputs, self._draw_uniform(inputs)
             )
         elif training:
             outputs = self._sample(
                 self._zero_pad(ops.relu(inputs)), self._draw_uniform(inputs)
+            )
+        elif tiled:
+            outputs = tensorflow_kernels.tiled_stochastic_expectation(
+                self, inputs
             )
         else:
             # Zero padding carries no probability mass: padded cells add
@@ -124,6 +136,11 @@ class StochasticPooling(BasePooling):
 
     def _sample(self, activations, uniform):
         windows = self._windows(activations)
+        sampled = self._sampled(windows, uniform)
+        return ops.sum(ops.where(sampled, windows, 0), axis=self._window_axis)
+
+    def _sampled(self, windows, uniform):
+        """True at the sampled element of each window of `_windows`."""
         axis = self._window_axis % len(windows.shape)
         size = windows.shape[axis]
         if keras.config.backend() == "tensorflow":
@@ -147,8 +164,7 @@ class StochasticPooling(BasePooling):
             pads,
             constant_values=False,
         )
-        sampled = ops.logical_and(exceeds, ops.logical_not(exceeded_before))
-        return ops.sum(ops.where(sampled, windows, 0), axis=axis)
+        return ops.logical_and(exceeds, ops.logical_not(exceeded_before))
 
     def get_config(self):
         config = super().get_config()

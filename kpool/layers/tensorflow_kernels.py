@@ -135,7 +135,7 @@ def mixed_pool(layer, inputs, mixing, choose):
             to_max = upstream * weight
             to_avg = upstream - to_max
             dx = tape.gradient(max_pooled, x, output_gradients=to_max)
-            blocks = _window_blocks(layer, x.shape)
+            blocks = window_blocks(layer, x.shape)
             if blocks is None:
                 dx += tape.gradient(avg_pooled, x, output_gradients=to_avg)
             else:
@@ -162,10 +162,10 @@ def mixed_pool(layer, inputs, mixing, choose):
     return mix(inputs, tf.convert_to_tensor(mixing))
 
 
-def _window_blocks(layer, input_shape):
+def window_blocks(layer, input_shape):
     """Shapes that split the input into its windows, if they tile it.
 
-    `None` unless `pool_size == strides` and the windows cover every
+    `None` (falsy) unless `pool_size == strides` and the windows cover every
     spatial dim exactly (no padding, nothing dropped). Otherwise returns
     the input's shape with each spatial dim `n` split into
     `(n // k, k)`, and the same with `(n // k, 1)`: an output-sized tensor
@@ -270,6 +270,104 @@ def stochastic_sample(layer, inputs, uniform):
         return outputs, grad
 
     return sample(inputs, uniform)
+
+
+def tiled_stochastic_sample(layer, inputs, uniform):
+    """`StochasticPooling._sample` where windows tile the input.
+
+    The forward pass is the layer's. The gradient is the upstream gradient
+    at each window's sampled element, zero elsewhere (and in a window with
+    no positive input, which samples nothing): one select in the input's
+    layout, with the boolean sampled mask moved back from the window layout
+    (a transpose of a quarter of the bytes) and the upstream gradient
+    broadcast over each window. Autodiff takes an input-sized select,
+    broadcast of the sum's gradient and transpose, and ReLU's gradient,
+    which is 1 at a sampled element (it is positive).
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def sample(x):
+        windows = layer._windows(tf.nn.relu(x))
+        sampled = layer._sampled(windows, uniform)
+        outputs = tf.reduce_sum(
+            tf.where(sampled, windows, tf.zeros([], windows.dtype)),
+            axis=layer._window_axis,
+        )
+
+        def grad(upstream):
+            tiled, per_window = window_blocks(layer, x.shape)
+            dx = tf.where(
+                _unwindow(layer, sampled),
+                tf.reshape(upstream, per_window),
+                tf.zeros([], upstream.dtype),
+            )
+            return tf.reshape(dx, tf.shape(x))
+
+        return outputs, grad
+
+    return sample(inputs)
+
+
+def tiled_stochastic_expectation(layer, inputs):
+    """`StochasticPooling._expectation` of `relu(inputs)`, windows tiling.
+
+    With `n` the window size, `m` the mean of `a = relu(x)` over a window
+    and `out` the mean of `a**2` over `m`, `d out / d a_i` is
+    `(2 a_i - out) / (n m)`; a window with `m = 0` (all zeros, `out = 0`)
+    uses `m = 1`, as the forward pass does, and gets 0. The input gradient
+    is then `ReluGrad((a - out / 2) * 2 g / (n m), a)` with the output-sized
+    factors broadcast over each window: three input-sized passes, where
+    autodiff takes two `AvgPoolGrad`s, the square's gradient, their sum and
+    ReLU's gradient.
+    """
+    import tensorflow as tf
+    from tensorflow.python.ops import gen_nn_ops
+
+    @tf.custom_gradient
+    def expectation(x):
+        activations = tf.nn.relu(x)
+        mean_square = layer._window_means(tf.square(activations))
+        mean = layer._window_means(activations)
+        mean = tf.where(mean > 0, mean, tf.ones_like(mean))
+        outputs = mean_square / mean
+
+        def grad(upstream):
+            tiled, per_window = window_blocks(layer, x.shape)
+            scale = upstream * (2.0 / math.prod(layer.pool_size)) / mean
+            tiled_activations = tf.reshape(activations, tiled)
+            dx = (
+                tiled_activations - tf.reshape(outputs * 0.5, per_window)
+            ) * tf.reshape(scale, per_window)
+            dx = gen_nn_ops.relu_grad(dx, tiled_activations)
+            return tf.reshape(dx, tf.shape(x))
+
+        return outputs, grad
+
+    return expectation(inputs)
+
+
+def _unwindow(layer, windowed):
+    """A tensor laid out as `layer._windows`'s back in `window_blocks` form.
+
+    Only where windows tile the input: each window axis is split back into
+    its spatial dims, each placed after its output dim.
+    """
+    import tensorflow as tf
+
+    d = layer.num_spatial_dims
+    if layer._channels_last:
+        outputs = windowed.shape[1 : 1 + d]
+        channels = windowed.shape[-1]
+        shape = [-1, *outputs, *layer.pool_size, channels]
+        order = [0, *(a for i in range(d) for a in (1 + i, 1 + d + i))]
+        order.append(1 + 2 * d)
+    else:
+        outputs = windowed.shape[2 : 2 + d]
+        channels = windowed.shape[1]
+        shape = [-1, channels, *outputs, *layer.pool_size]
+        order = [0, 1, *(a for i in range(d) for a in (2 + i, 2 + d + i))]
+    return tf.transpose(tf.reshape(windowed, shape), order)
 
 
 def running_sums(layer, windows):

@@ -30,8 +30,27 @@ WINDOW_CASES = [
 ]
 
 
-def input_shape(rank, data_format, batch=2, channels=3):
-    spatial = SPATIAL_SHAPES[rank]
+# Spatial shapes that windows of pool 2, stride 2 tile exactly (no padding,
+# no cell left out), where the TensorFlow kernels broadcast gradients over
+# each window instead of running TensorFlow's pooling gradients.
+TILED_SHAPES = {1: (8,), 2: (8, 6), 3: (4, 6, 2)}
+TILED_CASES = [
+    pytest.param(
+        rank,
+        padding,
+        data_format,
+        2,
+        2,
+        id=f"{rank}d-{padding}-{data_format}-tiled",
+    )
+    for rank, padding, data_format in itertools.product(
+        (1, 2, 3), ("valid", "same"), ("channels_last", "channels_first")
+    )
+]
+
+
+def input_shape(rank, data_format, batch=2, channels=3, spatial=None):
+    spatial = SPATIAL_SHAPES[rank] if spatial is None else spatial
     if data_format == "channels_last":
         return (batch, *spatial, channels)
     return (batch, channels, *spatial)

@@ -5,7 +5,13 @@ import reference
 
 from kpool import layers
 
-from .cases import WINDOW_CASES, random_input, window_args
+from .cases import (
+    TILED_CASES,
+    TILED_SHAPES,
+    WINDOW_CASES,
+    random_input,
+    window_args,
+)
 from .gradients import layer_gradients
 from .statistics import assert_seeded_draws_reproducible, count_tolerance
 
@@ -55,6 +61,55 @@ def test_training_output_is_a_positive_element_of_its_window(
     sampled_positive = (elements == outputs[..., None, :]) & (elements > 0)
     assert np.array_equal(sampled_positive.any(axis=-2), has_mass)
     np.testing.assert_array_equal(outputs[~has_mass], 0)
+
+
+@pytest.mark.parametrize(
+    "rank, padding, data_format, pool, stride", TILED_CASES
+)
+def test_tiled_windows_match_reference_with_gradients(
+    rng, rank, padding, data_format, pool, stride
+):
+    # Windows that tile the input take their own TensorFlow kernels.
+    args = window_args(rank, padding, data_format, pool, stride)
+    x = random_input(rng, rank, data_format, spatial=TILED_SHAPES[rank])
+    x[0] = -np.abs(x[0])  # no positive input: output 0, no gradient
+    layer = STOCHASTIC_POOLINGS[rank](**args, seed=0)
+    upstream = rng.uniform(1, 2, layer.compute_output_shape(x.shape))
+    upstream = upstream.astype("float32")
+    elements = reference.windows(x, **args)
+    indices = reference.window_indices(x.shape, **args)
+    activations = np.maximum(elements, 0)
+    sums = activations.sum(axis=-2, keepdims=True)
+    upstream_last = channels_last(upstream, data_format)[..., None, :]
+
+    outputs, input_gradient, _ = layer_gradients(layer, x, upstream)
+    expectation = reference.pool(x, reference.stochastic_expectation, **args)
+    np.testing.assert_allclose(outputs, expectation, rtol=1e-5, atol=1e-6)
+    # d/da_k (sum a_i**2 / sum a_i) = (2 a_k - E) / sum a_i, and 0 where
+    # the input is not positive.
+    expectation = channels_last(expectation, data_format)[..., None, :]
+    per_element = np.where(
+        activations > 0,
+        (2 * activations - expectation) / np.where(sums > 0, sums, 1),
+        0,
+    )
+    expected = reference.gradient_of_chosen(
+        x.shape, indices, upstream_last * per_element
+    )
+    np.testing.assert_allclose(input_gradient, expected, rtol=1e-5, atol=1e-6)
+
+    outputs, input_gradient, _ = layer_gradients(
+        layer, x, upstream, training=True
+    )
+    outputs = channels_last(outputs, data_format)[..., None, :]
+    sampled = (elements == outputs) & (elements > 0)
+    np.testing.assert_array_equal(sampled.sum(axis=-2), sums[..., 0, :] > 0)
+    upstream_per_element = np.broadcast_to(upstream_last, sampled.shape)
+    expected = reference.gradient_of_chosen(
+        x.shape, indices[sampled], upstream_per_element[sampled]
+    )
+    np.testing.assert_allclose(input_gradient, expected, rtol=1e-6)
+    np.testing.assert_array_equal(input_gradient[0], 0)
 
 
 def test_sampling_frequencies_match_probabilities(rng):

@@ -13,7 +13,14 @@ import pytest
 
 from kpool import layers
 
-from .cases import WINDOW_CASES, input_shape, random_input, window_args
+from .cases import (
+    TILED_CASES,
+    TILED_SHAPES,
+    WINDOW_CASES,
+    input_shape,
+    random_input,
+    window_args,
+)
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -181,9 +188,6 @@ MIXED_POOLINGS = {
     2: layers.MixedPooling2D,
     3: layers.MixedPooling3D,
 }
-# Spatial dims that the windows of pool 2, stride 2 tile exactly, the case
-# where the kernel adds average pooling's gradient as a broadcast.
-TILED_SHAPES = {1: (8,), 2: (8, 6), 3: (4, 6, 2)}
 MIXED_CASES = [
     *(
         pytest.param(*getattr(case, "values", case), False, id=case.id)
@@ -242,9 +246,7 @@ def test_mixed_pool_kernel_matches_keras_ops_path(
             if data_format == "channels_last"
             else (2, 3, *spatial)
         )
-    assert tiled == (
-        tensorflow_kernels._window_blocks(layer, shape) is not None
-    )
+    assert tiled == (tensorflow_kernels.window_blocks(layer, shape) is not None)
     x = tf.constant(rng.standard_normal(shape).astype("float32"))
     output_shape = layer.compute_output_shape(shape)
     m_shape = mixing_shape(output_shape, unit, data_format)
@@ -286,7 +288,7 @@ def test_window_blocks_only_where_windows_tile_the_input():
 
     def blocks(shape, **kwargs):
         layer = layers.MixedPooling2D(**kwargs)
-        return tensorflow_kernels._window_blocks(layer, shape)
+        return tensorflow_kernels.window_blocks(layer, shape)
 
     tiled = blocks((None, 8, 6, 3), pool_size=2)
     assert tiled == ([-1, 4, 2, 3, 2, 3], [-1, 4, 1, 3, 1, 3])
@@ -296,3 +298,41 @@ def test_window_blocks_only_where_windows_tile_the_input():
     assert blocks((None, 8, 6, 3), pool_size=2, strides=1) is None
     assert blocks((None, 9, 6, 3), pool_size=3, strides=2) is None
     assert blocks((None, None, 6, 3), pool_size=2) is None
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize(
+    "rank, padding, data_format, pool, stride", TILED_CASES
+)
+def test_tiled_stochastic_kernels_match_keras_ops_path(
+    rng, rank, padding, data_format, pool, stride, training
+):
+    import tensorflow as tf
+
+    from kpool.layers import tensorflow_kernels
+
+    args = window_args(rank, padding, data_format, pool, stride)
+    x = random_input(rng, rank, data_format, spatial=TILED_SHAPES[rank])
+    x[0] = -np.abs(x[0])
+    layer = STOCHASTIC_POOLINGS[rank](**args, seed=0)
+    layer.build(x.shape)
+    assert tensorflow_kernels.window_blocks(layer, x.shape)
+    uniform = np.asarray(layer._draw_uniform(tf.constant(x)))
+    upstream = rng.uniform(1, 2, layer.compute_output_shape(x.shape))
+    upstream = upstream.astype("float32")
+
+    def kernel(x):
+        if training:
+            return tensorflow_kernels.tiled_stochastic_sample(layer, x, uniform)
+        return tensorflow_kernels.tiled_stochastic_expectation(layer, x)
+
+    def keras_ops(x):
+        if training:
+            return layer._sample(tf.nn.relu(x), uniform)
+        return layer._expectation(tf.nn.relu(x))
+
+    kernel = value_and_gradient(kernel, x, upstream)
+    keras_ops = value_and_gradient(keras_ops, x, upstream)
+    np.testing.assert_array_equal(kernel[0], keras_ops[0])
+    np.testing.assert_allclose(kernel[1], keras_ops[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(kernel[1][0], 0)
