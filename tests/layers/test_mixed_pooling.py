@@ -7,7 +7,7 @@ import reference
 
 from kpool import layers
 
-from .cases import WINDOW_CASES, random_input, window_args
+from .cases import TILED_SHAPES, WINDOW_CASES, random_input, window_args
 from .gradients import layer_gradients
 from .statistics import assert_seeded_draws_reproducible, count_tolerance
 
@@ -117,12 +117,21 @@ def expected_input_gradient(x, args, a, upstream):
     )
 
 
+# Overlapping windows with padded cells, and windows that tile the input
+# (which take their own gradient on TensorFlow).
+GRADIENT_WINDOWS = [
+    pytest.param(("same", 3, 2), None, id="3s2-same"),
+    pytest.param(("valid", 2, 2), TILED_SHAPES[2], id="2s2-tiled"),
+]
+
+
+@pytest.mark.parametrize("window, spatial", GRADIENT_WINDOWS)
 @pytest.mark.parametrize("granularity", ["layer", "channel"])
 def test_learned_gradients_reach_both_paths_and_the_mixing_weight(
-    rng, granularity
+    rng, granularity, window, spatial
 ):
-    args = window_args(2, "same", "channels_last", 3, 2)
-    x = random_input(rng, 2, "channels_last")
+    args = window_args(2, window[0], "channels_last", *window[1:])
+    x = random_input(rng, 2, "channels_last", spatial=spatial)
     layer, _ = built_layer(rng, x, "learned", granularity, **args)
     upstream = rng.uniform(1, 2, layer.compute_output_shape(x.shape))
     upstream = upstream.astype("float32")
@@ -142,6 +151,39 @@ def test_learned_gradients_reach_both_paths_and_the_mixing_weight(
         alpha_gradient,
         expected if granularity == "channel" else expected.sum(),
         rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("window, spatial", GRADIENT_WINDOWS)
+@pytest.mark.parametrize("granularity", ["region", "channel", "layer"])
+def test_random_training_gradient_follows_the_drawn_paths(
+    rng, granularity, window, spatial
+):
+    args = window_args(2, window[0], "channels_last", *window[1:])
+    x = random_input(rng, 2, "channels_last", spatial=spatial)
+    layer = layers.MixedPooling2D(
+        **args, mode="random", granularity=granularity, seed=3
+    )
+    upstream = rng.uniform(1, 2, layer.compute_output_shape(x.shape))
+    upstream = upstream.astype("float32")
+    outputs, input_gradient, _ = layer_gradients(
+        layer, x, upstream, training=True
+    )
+    # Distinct inputs: a window's max and mean differ, so each output names
+    # its path.
+    elements = reference.windows(x, **args)
+    took_max = outputs == reference.max_pool(elements)
+    took_mean = np.isclose(
+        outputs, reference.average_pool(elements), rtol=1e-5, atol=1e-6
+    )
+    assert np.all(took_max ^ took_mean)
+    if granularity == "region":
+        assert took_max.any() and took_mean.any()
+    np.testing.assert_allclose(
+        input_gradient,
+        expected_input_gradient(x, args, took_max, upstream),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
