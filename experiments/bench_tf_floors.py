@@ -2,23 +2,31 @@
 
 On TensorFlow outside XLA (Keras's default on a CPU) nothing fuses: a layer
 costs at least the built-in kernels it must run. This script times those
-parts alone, forward plus backward unless marked otherwise, interleaved with
-`MaxPooling2D`'s forward plus backward in the same process, on the layer
-benchmark's `(128, 32, 32, 64)` float32 batch at 2x2/s2 and 3x3/s2:
+parts, interleaved with `MaxPooling2D`'s forward plus backward (`max_pool`)
+in one process, on the layer benchmark's `(128, 32, 32, 64)` float32 batch
+at 2x2/s2 and 3x3/s2, and adds up each layer's floor from them:
 
-- `negation`: one elementwise pass over the input, forward only, added to
-  max pooling's own time. Min pooling is `-max_pool(-x)` with max pooling's
-  gradient, and TensorFlow has no min-pooling kernel.
-- `max_pool + avg_pool`: both poolings and the sum of their gradients.
-  Every mixed-pooling mode outputs a mix of the two.
-- `avg_pool(x) + avg_pool(x * x)`: the two window means stochastic
-  inference divides (`mean(a**2) / mean(a)`), with their gradients, before
-  the ReLU, the square's gradient and the division.
+- `pass`: one elementwise pass over the input (a negation), forward only.
+- `avg_pool`: average pooling, forward only.
+- `means`: stochastic inference's forward part before the division, ReLU,
+  square and the two window means (`mean(a**2)`, `mean(a)`).
 - `window tensor`: the `prod(pool_size)` output-sized slices that training
   samples from, forward only (`StochasticPooling2D._windows`).
 
-A ratio above a layer's goal means no composition of these kernels can
-meet it; only a fused kernel could. Writes `floors_tensorflow.csv`.
+Floors (each is what the layer must run, whatever its gradients):
+
+- MinPooling2D: `max_pool` + `pass`. TensorFlow has no min-pooling kernel:
+  `-max_pool(-x)` negates the input, and needs max pooling's gradient.
+- MixedPooling2D, every mode: `max_pool` + `avg_pool` + `pass`. Both
+  poolings forward, max pooling's gradient, and at least one input-sized
+  pass to add average pooling's gradient to it.
+- StochasticPooling2D inference: `means` + `pass`: the forward part, and at
+  least one input-sized pass to write the input gradient.
+- StochasticPooling2D training: `window tensor`, forward only.
+
+A floor above a layer's goal means no composition of TensorFlow's kernels
+can meet the goal; only a fused kernel could. A floor below it does not mean
+one can. Writes `floors_tensorflow.csv` (the parts and the floors).
 
     KERAS_BACKEND=tensorflow python experiments/bench_tf_floors.py
 """
@@ -31,17 +39,24 @@ import keras
 from kpool import bench
 from kpool.layers import StochasticPooling2D
 
-FLOORS = (
-    # (name, the goal it bounds, forward only)
-    ("negation", ("MinPooling2D", ""), True),
-    ("max_pool + avg_pool", ("MixedPooling2D", "learned"), False),
-    (
-        "avg_pool(x) + avg_pool(x * x)",
-        ("StochasticPooling2D", "inference"),
-        False,
+# name: (the goal it bounds, the timed parts it adds up)
+FLOORS = {
+    "max_pool + pass": (("MinPooling2D", ""), ("max_pool", "pass")),
+    "max_pool + avg_pool + pass": (
+        ("MixedPooling2D", "learned"),
+        ("max_pool", "avg_pool", "pass"),
     ),
-    ("window tensor", ("StochasticPooling2D", "training"), True),
-)
+    "means + pass": (
+        ("StochasticPooling2D", "inference"),
+        ("means", "pass"),
+    ),
+    "window tensor": (
+        ("StochasticPooling2D", "training"),
+        ("window tensor",),
+    ),
+}
+# Timed forward plus backward; the other parts forward only.
+WITH_GRADIENT = {"max_pool"}
 
 
 def parse_args(argv):
@@ -55,21 +70,21 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def floor_functions(pool_size, strides):
+def part_functions(pool_size, strides):
     import tensorflow as tf
 
     window = dict(ksize=pool_size, strides=strides, padding="VALID")
-    windows = StochasticPooling2D(pool_size, strides)._windows
+
+    def means(x):
+        a = tf.nn.relu(x)
+        return tf.nn.avg_pool2d(a * a, **window), tf.nn.avg_pool2d(a, **window)
+
     return {
         "max_pool": lambda x: tf.nn.max_pool2d(x, **window),
-        "negation": tf.negative,
-        "max_pool + avg_pool": lambda x: (
-            tf.nn.max_pool2d(x, **window) + tf.nn.avg_pool2d(x, **window)
-        ),
-        "avg_pool(x) + avg_pool(x * x)": lambda x: (
-            tf.nn.avg_pool2d(x, **window) + tf.nn.avg_pool2d(x * x, **window)
-        ),
-        "window tensor": windows,
+        "pass": tf.negative,
+        "avg_pool": lambda x: tf.nn.avg_pool2d(x, **window),
+        "means": means,
+        "window tensor": StochasticPooling2D(pool_size, strides)._windows,
     }
 
 
@@ -101,30 +116,24 @@ def main(argv=None):
     env = bench.environment()
     rows = []
     for pool_size, strides in ((2, 2), (3, 2)):
-        functions = floor_functions(pool_size, strides)
-        steps = {"max_pool": step(functions["max_pool"], inputs, False)}
-        for name, _, forward_only in FLOORS:
-            steps[name] = step(functions[name], inputs, forward_only)
+        functions = part_functions(pool_size, strides)
+        steps = {
+            name: step(function, inputs, name not in WITH_GRADIENT)
+            for name, function in functions.items()
+        }
         times = bench.time_interleaved(
             steps, repeats=args.repeats, warmup=args.warmup
         )
-        max_ms = bench.median_ms(times["max_pool"])
-        for name, goal_key, forward_only in FLOORS:
-            floor_ms = bench.median_ms(times[name])
-            if name == "negation":
-                floor_ms += max_ms
+        part_ms = {name: bench.median_ms(t) for name, t in times.items()}
+        max_ms = part_ms["max_pool"]
+        for name, (goal_key, parts) in FLOORS.items():
+            floor_ms = sum(part_ms[part] for part in parts)
             rows.append(
                 {
-                    "floor": "max_pool + negation"
-                    if name == "negation"
-                    else name,
+                    "floor": name,
                     "bounds": " ".join(filter(None, goal_key)),
-                    "pass": (
-                        "max_pool forward+backward, negation forward"
-                        if name == "negation"
-                        else "forward"
-                        if forward_only
-                        else "forward+backward"
+                    "parts_ms": "; ".join(
+                        f"{part}={part_ms[part]:.3f}" for part in parts
                     ),
                     "pool": f"{pool_size}x{pool_size}/s{strides}/valid",
                     "compile_mode": "graph",
@@ -140,7 +149,7 @@ def main(argv=None):
             )
     path = os.path.join(args.output_dir, "floors_tensorflow.csv")
     bench.write_csv(rows, path)
-    columns = ("floor", "bounds", "pass", "pool", "floor_ratio", "goal_ratio")
+    columns = ("floor", "bounds", "pool", "floor_ratio", "goal_ratio")
     print(bench.format_table(rows, columns))
     print(f"Wrote {path}")
 

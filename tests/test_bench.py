@@ -444,3 +444,8 @@ def test_bench_tf_floors_writes_a_floor_per_goal_and_pool(tmp_path):
         assert float(row["goal_ratio"]) == bench.RATIO_GOALS[(layer, mode)]
         ratio = float(row["median_ms"]) / float(row["maxpool_median_ms"])
         assert float(row["floor_ratio"]) == pytest.approx(ratio, rel=0.01)
+        # A floor adds up the parts it lists, the ones its layer must run.
+        parts = dict(p.split("=") for p in row["parts_ms"].split("; "))
+        assert tuple(parts) == script["FLOORS"][row["floor"]][1]
+        total = sum(float(ms) for ms in parts.values())
+        assert float(row["median_ms"]) == pytest.approx(total, abs=2e-3)
