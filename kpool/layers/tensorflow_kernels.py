@@ -5,11 +5,13 @@ default on a CPU) every op is its own kernel: nothing fuses, and the
 gradients that TensorFlow derives for the window extraction and the
 sampling are many full-size passes over memory. The functions here compute
 the same values with hand-written gradients that reuse TensorFlow's fused
-pooling kernels. A layer calls them only when `applies()` is true, and
-keeps its `keras.ops` path for every other backend and inside XLA (where
-`MaxPoolGradWithArgmax` has no kernel and the plain ops fuse anyway). The
-tests run both paths against the same NumPy references. `uniform` is the
-exception: it serves every TensorFlow mode, XLA included.
+pooling kernels or, where the windows tile the input, broadcast the
+output-sized factors over each window in the input's layout. A layer calls
+them only when `applies()` is true, and keeps its `keras.ops` path for
+every other backend and inside XLA (where `MaxPoolGradWithArgmax` has no
+kernel and the plain ops fuse anyway). The tests run both paths against the
+same NumPy references. `uniform` is the exception: it serves every
+TensorFlow mode, XLA included.
 
 Nothing here imports TensorFlow at module level: the JAX and torch backends
 never load it.
