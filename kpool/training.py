@@ -15,7 +15,8 @@ same data order, same augmentation draws, same optimizer and schedule.
 - Throughput: `train_images_per_sec` counts training steps only. The first
   steps of the first epoch (compilation, warm-up) and every evaluation are
   outside the timed windows, and the device is synchronised before the
-  clock is read at both ends of a window.
+  clock is read at both ends of a window. A run's rate is the median of its
+  epochs' rates (`TrainTimer.images_per_sec`).
 - Weight decay: "sgd" and "adam" add `weight_decay * w` to the gradient (an
   L2 penalty, as torch's `weight_decay` and the papers' recipes); "adamw"
   decouples it (Keras's `AdamW`). Only conv and dense kernels decay.
@@ -361,10 +362,17 @@ class TrainTimer(keras.callbacks.Callback):
         self.epochs.append(record)
 
     def images_per_sec(self):
-        """Over all timed windows; NaN when nothing was timed."""
-        steps = sum(e["timed_steps"] for e in self.epochs)
-        seconds = sum(e["timed_seconds"] for e in self.epochs)
-        return steps * self.batch_size / seconds if steps else math.nan
+        """The median over epochs of each timed window's rate.
+
+        A median, not the total over all windows: on a shared machine an
+        epoch now and then runs much slower (seen here: 1,110 and 1,330
+        images/s among epochs of ~1,850), and a total would carry it into
+        the run's speed. NaN when nothing was timed.
+        """
+        rates = [
+            e["train_images_per_sec"] for e in self.epochs if e["timed_steps"]
+        ]
+        return float(np.median(rates)) if rates else math.nan
 
 
 def synchronize(model):

@@ -14,6 +14,7 @@ from kpool.models import build_model
 from kpool.training import (
     DeviceBatches,
     LearningRateSchedule,
+    TrainTimer,
     device_batches,
     epoch_orders,
     make_optimizer,
@@ -137,6 +138,24 @@ def test_timer_skips_the_warm_up_steps(result):
     assert first["timed_steps"] == 2
     assert [e["timed_steps"] for e in later] == [4, 4]
     assert first["timed_seconds"] < first["epoch_seconds"]
+
+
+def test_timer_reports_the_median_epoch_rate():
+    timer = TrainTimer(steps_per_epoch=4, batch_size=10)
+    # (timed steps, seconds): rates 20, 40, 10 (a slow epoch) and 40 images/s,
+    # and an epoch with nothing timed.
+    windows = [(2, 1.0), (4, 1.0), (4, 4.0), (4, 1.0), (0, 0.0)]
+    for steps, seconds in windows:
+        rate = steps * 10 / seconds if steps else math.nan
+        timer.epochs.append(
+            {
+                "timed_steps": steps,
+                "timed_seconds": seconds,
+                "train_images_per_sec": rate,
+            }
+        )
+    assert timer.images_per_sec() == pytest.approx(np.median([20, 40, 10, 40]))
+    assert math.isnan(TrainTimer(4, 10).images_per_sec())
 
 
 def test_train_step_is_compiled_once_per_run(result):
