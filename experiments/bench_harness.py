@@ -4,7 +4,10 @@ Both train the same model (`build_model`, same seed, same optimizer, loss
 and schedule) on the same synthetic images in the same process:
 
 - harness: `kpool.training.train_run` with evaluation each epoch; its own
-  `train_images_per_sec` (first steps and evaluation excluded);
+  `train_images_per_sec` (first steps and evaluation excluded; the median
+  of its epochs' rates, which one slow epoch moves less than the bare
+  side's total; `results/bench_harness_*.csv` were measured when it was the
+  total over epochs too);
 - bare: `model.fit(x, y, batch_size, shuffle=True)` on float32 NumPy
   arrays, one untimed warm-up epoch, then `epochs - 1` epochs timed by the
   wall clock around `fit` (fit's own setup and the last partial batch
