@@ -146,19 +146,17 @@ def test_write_csv_round_trips(tmp_path):
     assert os.listdir(path.parent) == ["table.csv"]
 
 
-def test_bench_layers_script_writes_every_case_with_its_ratio(tmp_path):
-    main = load_script("bench_layers.py")["main"]
-    main(
-        [
-            "--quick",
-            "--model-fit",
-            "--compile-modes",
-            bench.default_compile_mode(),
-            "--output-dir",
-            str(tmp_path),
-        ]
+def run_bench_layers(output_dir, *args):
+    """Runs bench_layers.py quickly in the default compile mode."""
+    load_script("bench_layers.py")["main"](
+        ["--quick", *args, "--compile-modes", bench.default_compile_mode()]
+        + ["--output-dir", str(output_dir)]
     )
-    backend = keras.backend.backend()
+    return keras.backend.backend()
+
+
+def test_bench_layers_script_writes_every_case_with_its_ratio(tmp_path):
+    backend = run_bench_layers(tmp_path, "--model-fit")
     rows = read_csv(tmp_path / f"layers_{backend}.csv")
     cases = {(layer, mode) for layer, mode, _ in bench.LAYER_CASES}
     assert {(r["layer"], r["mode_phase"]) for r in rows} == cases
@@ -235,19 +233,7 @@ def test_summarize_runs_takes_each_cases_median_ratio_over_runs():
 
 
 def test_bench_layers_script_summarises_fresh_process_runs(tmp_path):
-    main = load_script("bench_layers.py")["main"]
-    main(
-        [
-            "--quick",
-            "--runs",
-            "2",
-            "--compile-modes",
-            bench.default_compile_mode(),
-            "--output-dir",
-            str(tmp_path),
-        ]
-    )
-    backend = keras.backend.backend()
+    backend = run_bench_layers(tmp_path, "--runs", "2")
     rows = read_csv(tmp_path / f"layers_{backend}.csv")
     summary = read_csv(tmp_path / f"layers_{backend}_summary.csv")
     cases = [(layer, mode) for layer, mode, _ in bench.LAYER_CASES]
