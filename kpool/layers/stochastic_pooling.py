@@ -103,10 +103,8 @@ class StochasticPooling(BasePooling):
             outputs = self._sample(
                 self._zero_pad(ops.relu(inputs)), self._draw_uniform(inputs)
             )
-        elif tiled:
-            outputs = tensorflow_kernels.tiled_stochastic_expectation(
-                self, inputs
-            )
+        elif kernels:
+            outputs = tensorflow_kernels.stochastic_expectation(self, inputs)
         else:
             # Zero padding carries no probability mass: padded cells add
             # nothing to the sums.

@@ -311,17 +311,21 @@ def tiled_stochastic_sample(layer, inputs, uniform):
     return sample(inputs)
 
 
-def tiled_stochastic_expectation(layer, inputs):
-    """`StochasticPooling._expectation` of `relu(inputs)`, windows tiling.
+def stochastic_expectation(layer, inputs):
+    """`StochasticPooling._expectation` of `relu(inputs)`, lean gradient.
 
     With `n` the window size, `m` the mean of `a = relu(x)` over a window
     and `out` the mean of `a**2` over `m`, `d out / d a_i` is
     `(2 a_i - out) / (n m)`; a window with `m = 0` (all zeros, `out = 0`)
-    uses `m = 1`, as the forward pass does, and gets 0. The input gradient
-    is then `ReluGrad((a - out / 2) * 2 g / (n m), a)` with the output-sized
-    factors broadcast over each window: three input-sized passes, where
-    autodiff takes two `AvgPoolGrad`s, the square's gradient, their sum and
-    ReLU's gradient.
+    uses `m = 1`, as the forward pass does, and gets 0. ReLU's gradient
+    (`ReluGrad`, one kernel) masks the sum over windows. Where the windows
+    tile the input, each cell is in one window and the output-sized factors
+    are broadcast over it: `ReluGrad((a - out / 2) * 2 g / (n m), a)`,
+    three input-sized passes. Otherwise two average-pooling gradients
+    spread them: `ReluGrad(a * P(2 g / m) - P(g out / m), a)`, `P` that
+    gradient (`1 / n` to each cell of each window). Autodiff takes two
+    average-pooling gradients, the square's gradient (two passes), their
+    sum and ReLU's gradient.
     """
     import tensorflow as tf
     from tensorflow.python.ops import gen_nn_ops
@@ -329,20 +333,30 @@ def tiled_stochastic_expectation(layer, inputs):
     @tf.custom_gradient
     def expectation(x):
         activations = tf.nn.relu(x)
-        mean_square = layer._window_means(tf.square(activations))
-        mean = layer._window_means(activations)
-        mean = tf.where(mean > 0, mean, tf.ones_like(mean))
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(activations)
+            means = layer._window_means(layer._zero_pad(activations))
+        mean_square = layer._window_means(
+            layer._zero_pad(tf.square(activations))
+        )
+        mean = tf.where(means > 0, means, tf.ones_like(means))
         outputs = mean_square / mean
 
         def grad(upstream):
-            tiled, per_window = window_blocks(layer, x.shape)
-            scale = upstream * (2.0 / math.prod(layer.pool_size)) / mean
-            tiled_activations = tf.reshape(activations, tiled)
-            dx = (
-                tiled_activations - tf.reshape(outputs * 0.5, per_window)
-            ) * tf.reshape(scale, per_window)
-            dx = gen_nn_ops.relu_grad(dx, tiled_activations)
-            return tf.reshape(dx, tf.shape(x))
+            scale = upstream / mean
+            blocks = window_blocks(layer, x.shape)
+            if blocks:
+                tiled, per_window = blocks
+                size = math.prod(layer.pool_size)
+                activations_tiled = tf.reshape(activations, tiled)
+                dx = (
+                    activations_tiled - tf.reshape(outputs * 0.5, per_window)
+                ) * tf.reshape(scale * (2.0 / size), per_window)
+                dx = gen_nn_ops.relu_grad(dx, activations_tiled)
+                return tf.reshape(dx, tf.shape(x))
+            twice = tape.gradient(means, activations, scale * 2.0)
+            once = tape.gradient(means, activations, scale * outputs)
+            return gen_nn_ops.relu_grad(activations * twice - once, activations)
 
         return outputs, grad
 

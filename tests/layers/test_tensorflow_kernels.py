@@ -183,6 +183,35 @@ def test_uniform_draws_keras_numbers(mode, dtype):
     assert not np.array_equal(drawn[0], drawn[1])
 
 
+@pytest.mark.parametrize("rank, padding, data_format, pool, stride", CASES)
+def test_stochastic_expectation_kernel_matches_keras_ops_path(
+    rng, rank, padding, data_format, pool, stride
+):
+    import tensorflow as tf
+
+    from kpool.layers import tensorflow_kernels
+
+    args = window_args(rank, padding, data_format, pool, stride)
+    x = random_input(rng, rank, data_format)
+    x[0] = -np.abs(x[0])
+    layer = STOCHASTIC_POOLINGS[rank](**args)
+    upstream = rng.uniform(1, 2, layer.compute_output_shape(x.shape))
+    upstream = upstream.astype("float32")
+    kernel = value_and_gradient(
+        lambda x: tensorflow_kernels.stochastic_expectation(layer, x),
+        x,
+        upstream,
+    )
+    keras_ops = value_and_gradient(
+        lambda x: layer._expectation(layer._zero_pad(tf.nn.relu(x))),
+        x,
+        upstream,
+    )
+    np.testing.assert_array_equal(kernel[0], keras_ops[0])
+    np.testing.assert_allclose(kernel[1], keras_ops[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(kernel[1][0], 0)
+
+
 MIXED_POOLINGS = {
     1: layers.MixedPooling1D,
     2: layers.MixedPooling2D,
@@ -324,7 +353,7 @@ def test_tiled_stochastic_kernels_match_keras_ops_path(
     def kernel(x):
         if training:
             return tensorflow_kernels.tiled_stochastic_sample(layer, x, uniform)
-        return tensorflow_kernels.tiled_stochastic_expectation(layer, x)
+        return tensorflow_kernels.stochastic_expectation(layer, x)
 
     def keras_ops(x):
         if training:
