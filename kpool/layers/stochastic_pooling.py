@@ -80,16 +80,17 @@ class StochasticPooling(BasePooling):
         if dtype in ("float16", "bfloat16"):
             dtype = "float32"
         inputs = ops.cast(inputs, dtype)
-        # Where windows overlap, TensorFlow's gradient of the window
-        # extraction dominates and the kernel's scatter replaces it; where
-        # they do not, the extraction is a reshape and the plain ops are
-        # faster (measured on TF-CPU, results/layers/PROFILE.md).
+        # On TensorFlow outside XLA (measured on TF-CPU,
+        # results/layers/PROFILE.md): where windows overlap, the gradient of
+        # the window extraction dominates and the kernel's scatter replaces
+        # it; where they tile the input, the extraction is a reshape and the
+        # kernel writes the gradient in the input's layout, the upstream
+        # gradient broadcast over each window; other disjoint windows keep
+        # the plain ops, faster there than the scatter.
         overlapping = any(
             k > s for k, s in zip(self.pool_size, self.strides, strict=True)
         )
         kernels = tensorflow_kernels.applies()
-        # Where windows tile the input, the kernels' gradients work in its
-        # layout, with the upstream gradient broadcast over each window.
         tiled = kernels and tensorflow_kernels.window_blocks(self, inputs.shape)
         if training and overlapping and kernels:
             outputs = tensorflow_kernels.stochastic_sample(
