@@ -31,9 +31,11 @@ class StochasticPooling(BasePooling):
     gradient reaches only the sampled element. (On TensorFlow outside XLA,
     overlapping windows are sampled by
     `tensorflow_kernels.stochastic_sample`, which draws the same `u` and
-    picks the same elements.) Both are computed in float32 when the compute
-    dtype is float16 or bfloat16 (`a**2` overflows float16, and a bfloat16
-    uniform has only 8 bits), then cast back to the compute dtype.
+    picks the same elements, and both phases take hand-written gradients
+    with the same values; see `tensorflow_kernels`.) Both are computed in
+    float32 when the compute dtype is float16 or bfloat16 (`a**2` overflows
+    float16, and a bfloat16 uniform has only 8 bits), then cast back to the
+    compute dtype.
 
     The spatial dims must be known when the layer is called in training or
     under `"same"`.
