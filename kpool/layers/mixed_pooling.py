@@ -52,7 +52,9 @@ class MixedPooling(BasePooling):
       padding in every mode.
 
     Gradients reach both the max and the average paths (weighted by `a`)
-    and, in the learned and gated modes, `a` itself.
+    and, in the learned and gated modes, `a` itself. (On TensorFlow outside
+    XLA they are hand-written, with the same values:
+    `tensorflow_kernels.mixed_pool`.)
 
     Under `"valid"` the output has `floor((n - pool_size) / strides) + 1`
     cells along a spatial dim of size `n`; under `"same"`, `ceil(n / strides)`.
