@@ -151,8 +151,16 @@ class MixedPooling(BasePooling):
             )
 
     def call(self, inputs, training=False):
-        padded = self._zero_pad(inputs)
         choose = self.mode == "random" and bool(training)
+        # Random-mode inference mixes with the constant `alpha`: no kernel.
+        kernel = tensorflow_kernels.applies() and (
+            self.mode != "random" or choose
+        )
+        # The kernel pads for itself; the gate and the keras.ops path need
+        # the padded input.
+        padded = None
+        if self.mode == "gated" or not kernel:
+            padded = self._zero_pad(inputs)
         if self.mode == "learned":
             mixing = self._broadcast_channels(self.mixing_weight)
         elif self.mode == "gated":
@@ -161,7 +169,7 @@ class MixedPooling(BasePooling):
             mixing = self._draw_max_choices(inputs)
         else:
             mixing = self.alpha
-        if tensorflow_kernels.applies() and not isinstance(mixing, float):
+        if kernel:
             return tensorflow_kernels.mixed_pool(self, inputs, mixing, choose)
         max_pooled = self._max_pool(inputs)
         avg_pooled = self._average_pool(inputs, padded)

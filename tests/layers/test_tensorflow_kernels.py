@@ -38,7 +38,39 @@ MIN_POOLINGS = {
     3: layers.MinPooling3D,
 }
 # Stride 1 makes every cell but the borders part of several windows.
-CASES = [*WINDOW_CASES, (2, "same", "channels_first", 3, 1)]
+CASES = [
+    *WINDOW_CASES,
+    pytest.param(2, "same", "channels_first", 3, 1, id="2d-same-first-3s1"),
+]
+# The same with a `tiled` flag, and the cases whose windows tile the input
+# (on `TILED_SHAPES`), where the kernels take another gradient.
+ALL_CASES = [
+    *(pytest.param(*case.values, False, id=case.id) for case in CASES),
+    *(pytest.param(*case.values, True, id=case.id) for case in TILED_CASES),
+]
+
+
+def kernel_input_shape(rank, data_format, tiled):
+    spatial = TILED_SHAPES[rank] if tiled else None
+    return input_shape(rank, data_format, spatial=spatial)
+
+
+def stochastic_case(rng, rank, padding, data_format, pool, stride, tiled):
+    """A seeded, built stochastic pooling with its input and draws.
+
+    The first example has no positive input: output 0, no gradient.
+    """
+    import tensorflow as tf
+
+    args = window_args(rank, padding, data_format, pool, stride)
+    shape = kernel_input_shape(rank, data_format, tiled)
+    x = rng.standard_normal(shape).astype("float32")
+    x[0] = -np.abs(x[0])
+    layer = STOCHASTIC_POOLINGS[rank](**args, seed=0)
+    layer.build(x.shape)
+    uniform = np.asarray(layer._draw_uniform(tf.constant(x)))
+    upstream = rng.uniform(1, 2, layer.compute_output_shape(x.shape))
+    return layer, x, uniform, upstream.astype("float32")
 
 
 def value_and_gradient(function, x, upstream):
@@ -60,16 +92,9 @@ def test_stochastic_sample_kernel_matches_keras_ops_path(
 
     from kpool.layers import tensorflow_kernels
 
-    args = window_args(rank, padding, data_format, pool, stride)
-    x = random_input(rng, rank, data_format)
-    # An example without positive inputs: output 0, no gradient.
-    x[0] = -np.abs(x[0])
-    layer = STOCHASTIC_POOLINGS[rank](**args, seed=0)
-    layer.build(x.shape)
-    uniform = np.asarray(layer._draw_uniform(tf.constant(x)))
-    upstream = rng.uniform(1, 2, layer.compute_output_shape(x.shape))
-    upstream = upstream.astype("float32")
-
+    layer, x, uniform, upstream = stochastic_case(
+        rng, rank, padding, data_format, pool, stride, tiled=False
+    )
     kernel = value_and_gradient(
         lambda x: tensorflow_kernels.stochastic_sample(layer, x, uniform),
         x,
@@ -183,20 +208,20 @@ def test_uniform_draws_keras_numbers(mode, dtype):
     assert not np.array_equal(drawn[0], drawn[1])
 
 
-@pytest.mark.parametrize("rank, padding, data_format, pool, stride", CASES)
+@pytest.mark.parametrize(
+    "rank, padding, data_format, pool, stride, tiled", ALL_CASES
+)
 def test_stochastic_expectation_kernel_matches_keras_ops_path(
-    rng, rank, padding, data_format, pool, stride
+    rng, rank, padding, data_format, pool, stride, tiled
 ):
     import tensorflow as tf
 
     from kpool.layers import tensorflow_kernels
 
-    args = window_args(rank, padding, data_format, pool, stride)
-    x = random_input(rng, rank, data_format)
-    x[0] = -np.abs(x[0])
-    layer = STOCHASTIC_POOLINGS[rank](**args)
-    upstream = rng.uniform(1, 2, layer.compute_output_shape(x.shape))
-    upstream = upstream.astype("float32")
+    layer, x, _, upstream = stochastic_case(
+        rng, rank, padding, data_format, pool, stride, tiled
+    )
+    assert tiled == bool(tensorflow_kernels.window_blocks(layer, x.shape))
     kernel = value_and_gradient(
         lambda x: tensorflow_kernels.stochastic_expectation(layer, x),
         x,
@@ -217,22 +242,6 @@ MIXED_POOLINGS = {
     2: layers.MixedPooling2D,
     3: layers.MixedPooling3D,
 }
-MIXED_CASES = [
-    *(
-        pytest.param(*getattr(case, "values", case), False, id=case.id)
-        if hasattr(case, "id")
-        else (*case, False)
-        for case in CASES
-    ),
-    *(
-        pytest.param(
-            *(rank, "valid", data_format, 2, 2, True),
-            id=f"{rank}d-tiled-{data_format}",
-        )
-        for rank in (1, 2, 3)
-        for data_format in ("channels_last", "channels_first")
-    ),
-]
 
 
 def mixing_shape(output_shape, unit, data_format):
@@ -256,7 +265,7 @@ def mixing_shape(output_shape, unit, data_format):
 @pytest.mark.parametrize("choose", [False, True])
 @pytest.mark.parametrize("unit", ["region", "example-channel", "channel", ""])
 @pytest.mark.parametrize(
-    "rank, padding, data_format, pool, stride, tiled", MIXED_CASES
+    "rank, padding, data_format, pool, stride, tiled", ALL_CASES
 )
 def test_mixed_pool_kernel_matches_keras_ops_path(
     rng, rank, padding, data_format, pool, stride, tiled, unit, choose
@@ -267,14 +276,7 @@ def test_mixed_pool_kernel_matches_keras_ops_path(
 
     args = window_args(rank, padding, data_format, pool, stride)
     layer = MIXED_POOLINGS[rank](**args)
-    shape = input_shape(rank, data_format)
-    if tiled:
-        spatial = TILED_SHAPES[rank]
-        shape = (
-            (2, *spatial, 3)
-            if data_format == "channels_last"
-            else (2, 3, *spatial)
-        )
+    shape = kernel_input_shape(rank, data_format, tiled)
     assert tiled == (tensorflow_kernels.window_blocks(layer, shape) is not None)
     x = tf.constant(rng.standard_normal(shape).astype("float32"))
     output_shape = layer.compute_output_shape(shape)
@@ -329,39 +331,28 @@ def test_window_blocks_only_where_windows_tile_the_input():
     assert blocks((None, None, 6, 3), pool_size=2) is None
 
 
-@pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize(
     "rank, padding, data_format, pool, stride", TILED_CASES
 )
-def test_tiled_stochastic_kernels_match_keras_ops_path(
-    rng, rank, padding, data_format, pool, stride, training
+def test_tiled_stochastic_sample_kernel_matches_keras_ops_path(
+    rng, rank, padding, data_format, pool, stride
 ):
     import tensorflow as tf
 
     from kpool.layers import tensorflow_kernels
 
-    args = window_args(rank, padding, data_format, pool, stride)
-    x = random_input(rng, rank, data_format, spatial=TILED_SHAPES[rank])
-    x[0] = -np.abs(x[0])
-    layer = STOCHASTIC_POOLINGS[rank](**args, seed=0)
-    layer.build(x.shape)
+    layer, x, uniform, upstream = stochastic_case(
+        rng, rank, padding, data_format, pool, stride, tiled=True
+    )
     assert tensorflow_kernels.window_blocks(layer, x.shape)
-    uniform = np.asarray(layer._draw_uniform(tf.constant(x)))
-    upstream = rng.uniform(1, 2, layer.compute_output_shape(x.shape))
-    upstream = upstream.astype("float32")
-
-    def kernel(x):
-        if training:
-            return tensorflow_kernels.tiled_stochastic_sample(layer, x, uniform)
-        return tensorflow_kernels.stochastic_expectation(layer, x)
-
-    def keras_ops(x):
-        if training:
-            return layer._sample(tf.nn.relu(x), uniform)
-        return layer._expectation(tf.nn.relu(x))
-
-    kernel = value_and_gradient(kernel, x, upstream)
-    keras_ops = value_and_gradient(keras_ops, x, upstream)
+    kernel = value_and_gradient(
+        lambda x: tensorflow_kernels.tiled_stochastic_sample(layer, x, uniform),
+        x,
+        upstream,
+    )
+    keras_ops = value_and_gradient(
+        lambda x: layer._sample(tf.nn.relu(x), uniform), x, upstream
+    )
     np.testing.assert_array_equal(kernel[0], keras_ops[0])
     np.testing.assert_allclose(kernel[1], keras_ops[1], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(kernel[1][0], 0)
