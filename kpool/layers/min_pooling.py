@@ -1,7 +1,7 @@
 import keras
 from keras import ops
 
-from kpool.layers import tensorflow_kernels
+from kpool.layers import tensorflow_kernels, tensorflow_ops
 from kpool.layers.base_pooling import BasePooling
 
 
@@ -30,6 +30,8 @@ class MinPooling(BasePooling):
     """
 
     def call(self, inputs):
+        if tensorflow_ops.applies():
+            return tensorflow_ops.min_pool(self, inputs)
         if keras.config.backend() == "tensorflow":
             return tensorflow_kernels.min_pool(inputs, self._max_pool)
         return ops.negative(self._max_pool(ops.negative(inputs)))

@@ -4,7 +4,7 @@ import numbers
 import keras
 from keras import ops
 
-from kpool.layers import tensorflow_kernels
+from kpool.layers import tensorflow_kernels, tensorflow_ops
 from kpool.layers.base_pooling import BasePooling
 from kpool.layers.unit_interval import UnitInterval
 
@@ -152,14 +152,21 @@ class MixedPooling(BasePooling):
 
     def call(self, inputs, training=False):
         choose = self.mode == "random" and bool(training)
-        # Random-mode inference mixes with the constant `alpha`: no kernel.
-        kernel = tensorflow_kernels.applies() and (
-            self.mode != "random" or choose
+        # TensorFlow outside XLA: the fused kernels (`tensorflow_ops`), or
+        # where they cannot be built, hand-written gradients over built-in
+        # ops (`tensorflow_kernels`; random-mode inference mixes with the
+        # constant `alpha` and needs none).
+        fused = tensorflow_ops.applies()
+        if fused and self.mode == "gated":
+            kernel = ops.cast(self.gate_kernel, inputs.dtype)
+            return tensorflow_ops.mixed_pool(self, inputs, gate_kernel=kernel)
+        kernel = not fused and (
+            tensorflow_kernels.applies() and (self.mode != "random" or choose)
         )
-        # The kernel pads for itself; the gate and the keras.ops path need
-        # the padded input.
+        # The kernels pad for themselves; the gate and the keras.ops path
+        # need the padded input.
         padded = None
-        if self.mode == "gated" or not kernel:
+        if self.mode == "gated" or not (fused or kernel):
             padded = self._zero_pad(inputs)
         if self.mode == "learned":
             mixing = self._broadcast_channels(self.mixing_weight)
@@ -168,7 +175,9 @@ class MixedPooling(BasePooling):
         elif choose:
             mixing = self._draw_max_choices(inputs)
         else:
-            mixing = self.alpha
+            mixing = ops.cast(self.alpha, inputs.dtype)
+        if fused:
+            return tensorflow_ops.mixed_pool(self, inputs, mixing, choose)
         if kernel:
             return tensorflow_kernels.mixed_pool(self, inputs, mixing, choose)
         max_pooled = self._max_pool(inputs)

@@ -1,7 +1,7 @@
 import keras
 from keras import ops
 
-from kpool.layers import tensorflow_kernels
+from kpool.layers import tensorflow_kernels, tensorflow_ops
 from kpool.layers.base_pooling import BasePooling
 
 
@@ -89,6 +89,14 @@ class StochasticPooling(BasePooling):
         # kernel writes the gradient in the input's layout, the upstream
         # gradient broadcast over each window; other disjoint windows keep
         # the plain ops, faster there than the scatter.
+        if tensorflow_ops.applies():
+            if training:
+                outputs = tensorflow_ops.stochastic_sample(
+                    self, inputs, self._draw_uniform(inputs)
+                )
+            else:
+                outputs = tensorflow_ops.stochastic_expectation(self, inputs)
+            return ops.cast(outputs, self.compute_dtype)
         overlapping = any(
             k > s for k, s in zip(self.pool_size, self.strides, strict=True)
         )

@@ -150,18 +150,23 @@ def mixed_pool(layer, inputs, mixing, choose):
                 )
             if choose:
                 return dx, None
-            product = upstream * difference
-            lead = len(product.shape) - len(mixing.shape)
-            axes = [*range(lead)] + [
-                lead + i for i, n in enumerate(mixing.shape) if n == 1
-            ]
-            return dx, tf.reshape(
-                tf.reduce_sum(product, axis=axes), tf.shape(mixing)
-            )
+            return dx, sum_to_shape(upstream * difference, mixing)
 
         return outputs, grad
 
     return mix(inputs, tf.convert_to_tensor(mixing))
+
+
+def sum_to_shape(product, mixing):
+    """`product`'s sums over the axes `mixing` is broadcast along, shaped
+    as `mixing`: the gradient of a factor broadcast against the output."""
+    import tensorflow as tf
+
+    lead = len(product.shape) - len(mixing.shape)
+    axes = [*range(lead)] + [
+        lead + i for i, n in enumerate(mixing.shape) if n == 1
+    ]
+    return tf.reshape(tf.reduce_sum(product, axis=axes), tf.shape(mixing))
 
 
 def window_blocks(layer, input_shape):

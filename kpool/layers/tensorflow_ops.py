@@ -1,0 +1,420 @@
+"""Fused TensorFlow CPU kernels for the layers, compiled on first use.
+
+On TensorFlow outside XLA (Keras's default on a CPU) a layer built from
+built-in ops pays a pass over memory per op, which keeps min, mixed and
+stochastic pooling at 1.6x to 14x `MaxPooling2D` (`tensorflow_kernels`
+gets that far with built-in ops). `tensorflow_ops.cc` computes each layer's
+forward pass in one pass over its windows and its gradient in one more.
+
+The library is compiled against the installed TensorFlow the first time a
+layer needs it (about 30 s; a C++17 compiler, `$CXX` or `c++`) and cached
+under `$KPOOL_CACHE_DIR` (default `~/.cache/kpool`), keyed by the source,
+TensorFlow's version and the compiler flags, so each later process only
+loads it. Where it cannot be built or loaded (no compiler, a TensorFlow
+without headers), a warning says why and the layers use
+`tensorflow_kernels`, with the same values. The kernels run on the CPU: with
+a GPU visible they are not used.
+
+`KPOOL_TF_OPS` chooses: `auto` (default) as above, `0` never use them, `1`
+use them and raise if they cannot be built (CI sets it where a compiler is
+found, so the fused path is what the TensorFlow tests check).
+"""
+
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+
+from kpool.layers import tensorflow_kernels
+
+SOURCE = os.path.join(os.path.dirname(__file__), "tensorflow_ops.cc")
+_CHOICES = ("auto", "0", "1")
+_library = None
+_failure = None
+
+
+def choice():
+    """`KPOOL_TF_OPS`, checked."""
+    value = os.environ.get("KPOOL_TF_OPS", "auto").strip().lower() or "auto"
+    if value not in _CHOICES:
+        raise ValueError(
+            f"`KPOOL_TF_OPS` must be one of {list(_CHOICES)}. "
+            f"Received: KPOOL_TF_OPS={value!r}"
+        )
+    return value
+
+
+def applies():
+    """Whether a layer should call the fused kernels here.
+
+    TensorFlow outside XLA, no GPU visible, and the library built and
+    loaded (building it the first time).
+    """
+    if not tensorflow_kernels.applies() or choice() == "0":
+        return False
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        return False
+    return library() is not None
+
+
+def library():
+    """The loaded op library, or `None` where it cannot be built."""
+    global _library, _failure
+    if _library is not None or _failure is not None:
+        return _library
+    try:
+        _library = _load()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        _failure = error
+        if choice() == "1":
+            raise RuntimeError(
+                f"KPOOL_TF_OPS=1 but kpool's TensorFlow kernels cannot be "
+                f"built: {error}"
+            ) from error
+        warnings.warn(
+            f"kpool: the fused TensorFlow CPU kernels cannot be built, so "
+            f"the pooling layers use built-in TensorFlow ops (same values, "
+            f"slower): {error}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return _library
+
+
+def cache_dir():
+    default = os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+        "kpool",
+    )
+    return os.environ.get("KPOOL_CACHE_DIR") or default
+
+
+def _compile_command(output):
+    import tensorflow as tf
+
+    compiler = os.environ.get("CXX") or "c++"
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler: {compiler!r} is not on PATH")
+    return [
+        compiler,
+        "-shared",
+        "-fPIC",
+        "-O3",
+        "-w",
+        *_architecture_flags(),
+        SOURCE,
+        "-o",
+        output,
+        *tf.sysconfig.get_compile_flags(),
+        *tf.sysconfig.get_link_flags(),
+    ]
+
+
+def _architecture_flags():
+    """Code for this machine's CPU on x86-64, whose baseline (SSE2) cannot
+    vectorize the kernels' compare-and-select loops. The cache key holds the
+    CPU's feature flags, so a shared cache never hands the library to a CPU
+    without them."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return ["-march=native"]
+    return []
+
+
+def _cpu_features():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _load():
+    import tensorflow as tf
+
+    return tf.load_op_library(build(cache_dir()))
+
+
+def build(directory):
+    """Compiles the library into `directory`, unless it is there; its path.
+
+    The file name holds a key of the source, TensorFlow's version and the
+    compiler flags, so a change to any of them builds a new one.
+    """
+    import tensorflow as tf
+
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    key = hashlib.sha256(source)
+    for part in (
+        tf.__version__,
+        tf.sysconfig.get_include(),
+        " ".join(_compile_command("out.so")),
+        platform.machine(),
+        _cpu_features(),
+    ):
+        key.update(part.encode())
+    directory = os.path.join(directory, "tensorflow_ops")
+    path = os.path.join(directory, f"kpool_ops_{key.hexdigest()[:16]}.so")
+    if not os.path.exists(path):
+        os.makedirs(directory, exist_ok=True)
+        print(
+            f"kpool: compiling the fused TensorFlow CPU kernels into {path} "
+            f"(once per TensorFlow version)",
+            file=sys.stderr,
+        )
+        # Built under a temporary name and renamed: a process that finds
+        # the file finds it whole, and concurrent builds only repeat work.
+        handle, partial = tempfile.mkstemp(suffix=".so", dir=directory)
+        os.close(handle)
+        try:
+            result = subprocess.run(
+                _compile_command(partial), capture_output=True, text=True
+            )
+            if result.returncode:
+                raise RuntimeError(
+                    "the compiler failed:\n" + result.stderr[-2000:]
+                )
+            os.replace(partial, path)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+    return path
+
+
+def _window_attrs(layer):
+    """The ops' window attributes for `layer`, as 3D windows."""
+    lead = 3 - layer.num_spatial_dims
+    return dict(
+        ksize=[1] * lead + list(layer.pool_size),
+        strides=[1] * lead + list(layer.strides),
+        padding=layer.padding.upper(),
+        data_format="NDHWC" if layer._channels_last else "NCDHW",
+    )
+
+
+def _to_5d(layer, tensor):
+    """Adds leading spatial dims of size 1 up to three."""
+    import tensorflow as tf
+
+    axis = 1 if layer._channels_last else 2
+    for _ in range(3 - layer.num_spatial_dims):
+        tensor = tf.expand_dims(tensor, axis)
+    return tensor
+
+
+def _from_5d(layer, tensor):
+    import tensorflow as tf
+
+    lead = 3 - layer.num_spatial_dims
+    if not lead:
+        return tensor
+    first = 1 if layer._channels_last else 2
+    return tf.squeeze(tensor, axis=list(range(first, first + lead)))
+
+
+def _empty(dtype):
+    import tensorflow as tf
+
+    return tf.zeros([0], dtype)
+
+
+def _window_grad(
+    layer,
+    x,
+    index=None,
+    to_index=None,
+    to_each=None,
+    to_value=None,
+    to_gate=None,
+    kernel=None,
+    average=False,
+    relu_mask=False,
+):
+    """`KpoolWindowGrad` with absent terms as empty tensors, 5D in and out."""
+    import tensorflow as tf
+
+    empty = _empty(x.dtype)
+    return library().kpool_window_grad(
+        x=x,
+        index=tf.zeros([0], tf.int32) if index is None else index,
+        to_index=empty if to_index is None else to_index,
+        to_each=empty if to_each is None else to_each,
+        to_value=empty if to_value is None else to_value,
+        to_gate=empty if to_gate is None else to_gate,
+        kernel=(tf.zeros([0, 1], x.dtype) if kernel is None else kernel),
+        average=average,
+        relu_mask=relu_mask,
+        Tgrad=tf.float64 if x.dtype == tf.float64 else tf.float32,
+        **_window_attrs(layer),
+    )
+
+
+def min_pool(layer, inputs):
+    """Min pooling; the gradient goes to each window's minimum."""
+    import tensorflow as tf
+
+    attrs = _window_attrs(layer)
+
+    @tf.custom_gradient
+    def forward(x):
+        x5 = _to_5d(layer, x)
+        y, index = library().kpool_min_pool(x5, **attrs)
+
+        def grad(upstream):
+            dx, _ = _window_grad(
+                layer, x5, index=index, to_index=_to_5d(layer, upstream)
+            )
+            return _from_5d(layer, dx)
+
+        return _from_5d(layer, y), grad
+
+    return forward(inputs)
+
+
+def mixed_pool(layer, inputs, mixing=None, choose=False, gate_kernel=None):
+    """Mixed pooling's `avg + a * (max - avg)` from one pass over windows.
+
+    `a` is `mixing` (broadcast against the output; with `choose`, boolean:
+    the output is exactly `max` where it is true and `avg` elsewhere), or,
+    with `gate_kernel` (`(window,)` or `(window, channels)`),
+    `sigmoid(gate_kernel . window)`, computed by the kernel in the same
+    pass. The input gradient is max pooling's of `a * upstream` plus average
+    pooling's of `(1 - a) * upstream` (plus, gated, the gate's), in one more
+    pass. `mixing` gets `sum(upstream * (max - avg))` over the axes it is
+    broadcast along; a boolean one gets none.
+    """
+    import tensorflow as tf
+
+    attrs = _window_attrs(layer)
+    gated = gate_kernel is not None
+    second = gate_kernel if gated else tf.convert_to_tensor(mixing)
+
+    @tf.custom_gradient
+    def mix(x, second):
+        x5 = _to_5d(layer, x)
+        if gated:
+            kernel = tf.reshape(second, [math.prod(layer.pool_size), -1])
+        else:
+            kernel = tf.zeros([0, 1], x.dtype)
+        max5, mean5, index, logit = library().kpool_mixed_pool(
+            x5, kernel, gated=gated, **attrs
+        )
+        max_pooled = _from_5d(layer, max5)
+        avg_pooled = _from_5d(layer, mean5)
+        difference = max_pooled - avg_pooled
+        if gated:
+            weight = tf.sigmoid(_from_5d(layer, logit))
+        elif choose:
+            weight = tf.cast(second, x.dtype)
+        else:
+            weight = second
+        if choose:
+            outputs = tf.where(second, max_pooled, avg_pooled)
+        else:
+            outputs = avg_pooled + weight * difference
+
+        def grad(upstream):
+            to_max = upstream * weight
+            to_gate = None
+            if gated:
+                to_gate = _to_5d(
+                    layer, upstream * difference * weight * (1.0 - weight)
+                )
+            dx, kernel_grad = _window_grad(
+                layer,
+                x5,
+                index=index,
+                to_index=_to_5d(layer, to_max),
+                to_each=_to_5d(layer, upstream - to_max),
+                to_gate=to_gate,
+                kernel=kernel if gated else None,
+                average=True,
+            )
+            dx = _from_5d(layer, dx)
+            if gated:
+                kernel_grad = tf.reduce_sum(kernel_grad, axis=0)
+                return dx, tf.cast(
+                    tf.reshape(kernel_grad, tf.shape(second)), second.dtype
+                )
+            if choose:
+                return dx, None
+            return dx, tensorflow_kernels.sum_to_shape(
+                upstream * difference, second
+            )
+
+        return outputs, grad
+
+    return mix(inputs, second)
+
+
+def stochastic_sample(layer, inputs, uniform):
+    """Stochastic pooling's training output; the gradient goes to the
+    sampled element (none from a window with no positive input).
+
+    `uniform` is `StochasticPooling._draw_uniform`'s: one draw per output
+    cell, with a window axis of length 1.
+    """
+    import tensorflow as tf
+
+    attrs = _window_attrs(layer)
+    uniform = tf.squeeze(uniform, layer._window_axis % len(uniform.shape))
+
+    @tf.custom_gradient
+    def sample(x):
+        x5 = _to_5d(layer, x)
+        y, index = library().kpool_stochastic_pool(
+            x5, _to_5d(layer, uniform), **attrs
+        )
+
+        def grad(upstream):
+            dx, _ = _window_grad(
+                layer, x5, index=index, to_index=_to_5d(layer, upstream)
+            )
+            return _from_5d(layer, dx)
+
+        return _from_5d(layer, y), grad
+
+    return sample(inputs)
+
+
+def stochastic_expectation(layer, inputs):
+    """Stochastic pooling's inference output, `sum a**2 / sum a` over each
+    window of `a = relu(inputs)` (0 where the sum is 0).
+
+    `d out / d a_i = (2 a_i - out) / sum a`, masked by ReLU's gradient.
+    """
+    import tensorflow as tf
+
+    attrs = _window_attrs(layer)
+
+    @tf.custom_gradient
+    def expectation(x):
+        x5 = _to_5d(layer, x)
+        y, total = library().kpool_stochastic_expectation(x5, **attrs)
+
+        def grad(upstream):
+            scale = _to_5d(layer, upstream) / tf.where(
+                total > 0, total, tf.ones_like(total)
+            )
+            dx, _ = _window_grad(
+                layer,
+                x5,
+                to_each=-scale * y,
+                to_value=2.0 * scale,
+                relu_mask=True,
+            )
+            return _from_5d(layer, dx)
+
+        return _from_5d(layer, y), grad
+
+    return expectation(inputs)

@@ -1,0 +1,258 @@
+"""The fused TensorFlow kernels against the layers' other paths.
+
+With the kernels the layers take `tensorflow_ops`; without them, the
+hand-written gradients of `tensorflow_kernels` (themselves checked against
+the `keras.ops` path in `test_tensorflow_kernels`). These run each layer
+both ways on every window case, with the same random draws, and compare the
+outputs and the gradients with respect to the input and every weight. The
+other layer tests check the fused path against NumPy references, since it
+is what the layers take on TensorFlow wherever the kernels build (CI
+requires them where it finds a compiler: `KPOOL_TF_OPS=1`).
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from kpool import layers
+
+from .cases import TILED_SHAPES, input_shape, window_args
+from .test_tensorflow_kernels import ALL_CASES
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="TensorFlow-only kernels",
+)
+
+CLASSES = {
+    "min": {
+        1: layers.MinPooling1D,
+        2: layers.MinPooling2D,
+        3: layers.MinPooling3D,
+    },
+    "mixed": {
+        1: layers.MixedPooling1D,
+        2: layers.MixedPooling2D,
+        3: layers.MixedPooling3D,
+    },
+    "stochastic": {
+        1: layers.StochasticPooling1D,
+        2: layers.StochasticPooling2D,
+        3: layers.StochasticPooling3D,
+    },
+}
+# (family, layer arguments, training)
+VARIANTS = {
+    "min": ("min", {}, False),
+    "random-region": ("mixed", dict(mode="random", alpha=0.3), True),
+    "random-channel": (
+        "mixed",
+        dict(mode="random", granularity="channel"),
+        True,
+    ),
+    "random-layer": ("mixed", dict(mode="random", granularity="layer"), True),
+    "random-inference": ("mixed", dict(mode="random", alpha=0.3), False),
+    "learned-layer": ("mixed", dict(mode="learned", alpha=0.3), True),
+    "learned-channel": (
+        "mixed",
+        dict(mode="learned", granularity="channel"),
+        True,
+    ),
+    "gated-layer": ("mixed", dict(mode="gated"), True),
+    "gated-channel": ("mixed", dict(mode="gated", granularity="channel"), True),
+    "stochastic-training": ("stochastic", {}, True),
+    "stochastic-inference": ("stochastic", {}, False),
+}
+
+
+@pytest.fixture(autouse=True)
+def fused_kernels():
+    from kpool.layers import tensorflow_ops
+
+    if tensorflow_ops.library() is None:
+        pytest.skip("kpool's TensorFlow kernels cannot be built here")
+
+
+def run_layer(variant, rank, args, x, upstream, fused, monkeypatch):
+    """Outputs and gradients (input, then weights) of a fresh seeded layer."""
+    import tensorflow as tf
+
+    from kpool.layers import tensorflow_ops
+
+    family, kwargs, training = VARIANTS[variant]
+    if family != "min":
+        kwargs = {**kwargs, "seed": 3}
+    layer = CLASSES[family][rank](**args, **kwargs)
+    layer.build(x.shape)
+    weights_rng = np.random.default_rng(7)
+    for weight in layer.trainable_weights:
+        weight.assign(weights_rng.uniform(0.1, 0.9, weight.shape))
+    with monkeypatch.context() as patch:
+        if not fused:
+            patch.setattr(tensorflow_ops, "applies", lambda: False)
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = layer(x, training=training)
+            loss = tf.reduce_sum(tf.cast(outputs, "float32") * upstream)
+        gradients = tape.gradient(loss, [x, *layer.trainable_weights])
+    return [np.asarray(outputs, "float32")] + [
+        np.asarray(g, "float32") for g in gradients
+    ]
+
+
+def compare(variant, rank, args, x, monkeypatch, rtol, atol):
+    family = VARIANTS[variant][0]
+    layer = CLASSES[family][rank](**args)
+    output_shape = layer.compute_output_shape(x.shape)
+    upstream = np.random.default_rng(1).uniform(1, 2, output_shape)
+    upstream = upstream.astype("float32")
+    fused = run_layer(variant, rank, args, x, upstream, True, monkeypatch)
+    other = run_layer(variant, rank, args, x, upstream, False, monkeypatch)
+    names = ["outputs", "input gradient", "weight gradient"][: len(fused)]
+    for name, got, expected in zip(names, fused, other, strict=True):
+        np.testing.assert_allclose(
+            got, expected, rtol=rtol, atol=atol, err_msg=name
+        )
+    return fused
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize(
+    "rank, padding, data_format, pool, stride, tiled", ALL_CASES
+)
+def test_fused_kernels_match_the_other_path(
+    rng, monkeypatch, variant, rank, padding, data_format, pool, stride, tiled
+):
+    args = window_args(rank, padding, data_format, pool, stride)
+    spatial = TILED_SHAPES[rank] if tiled else None
+    x = rng.standard_normal(input_shape(rank, data_format, spatial=spatial))
+    x = x.astype("float32")
+    x[0] = -np.abs(x[0])  # Stochastic pooling: no positive input at all.
+    fused = compare(variant, rank, args, x, monkeypatch, 1e-5, 1e-6)
+    if variant.startswith("stochastic"):
+        np.testing.assert_array_equal(fused[0][0], 0)
+        np.testing.assert_array_equal(fused[1][0], 0)
+
+
+@pytest.mark.parametrize("variant", ["min", "learned-channel", "gated-layer"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_fused_kernels_in_other_dtypes(rng, monkeypatch, variant, dtype):
+    args = window_args(2, "same", "channels_last", 3, 2)
+    x = rng.standard_normal(input_shape(2, "channels_last")).astype(dtype)
+    tolerance = {"float16": 1e-2, "bfloat16": 5e-2, "float64": 1e-10}[dtype]
+    with _policy(dtype):
+        compare(variant, 2, args, x, monkeypatch, tolerance, tolerance)
+
+
+class _policy:
+    """Sets the global dtype policy for a block."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self.previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(self.name)
+
+    def __exit__(self, *exc):
+        keras.config.set_dtype_policy(self.previous)
+
+
+def test_ties_send_the_gradient_to_one_element(monkeypatch):
+    # Every window holds equal values: as max pooling does, one element of
+    # each window (the first) gets the whole gradient.
+    args = window_args(2, "valid", "channels_last", 2, 2)
+    x = np.ones((2, 4, 4, 3), "float32")
+    fused = compare("min", 2, args, x, monkeypatch, 0, 0)
+    assert (fused[1] != 0).sum() == fused[0].size
+
+
+def test_graph_mode_matches_eager(rng):
+    import tensorflow as tf
+
+    layer = layers.MixedPooling2D(3, 2, padding="same", mode="gated")
+    x = tf.constant(rng.standard_normal((2, 9, 7, 4)).astype("float32"))
+    layer.build(x.shape)
+    layer.gate_kernel.assign(rng.normal(size=layer.gate_kernel.shape))
+    eager = layer(x)
+    graph = tf.function(layer)(x)
+    np.testing.assert_array_equal(np.asarray(graph), np.asarray(eager))
+
+
+def test_fused_kernels_apply_outside_xla_only(monkeypatch):
+    import tensorflow as tf
+
+    from kpool.layers import tensorflow_ops
+
+    seen = {}
+
+    def probe(name):
+        seen[name] = tensorflow_ops.applies()
+        return tf.constant(0.0)
+
+    probe("eager")
+    tf.function(lambda: probe("graph"))()
+    tf.function(lambda: probe("xla"), jit_compile=True)()
+    assert seen == {"eager": True, "graph": True, "xla": False}
+    monkeypatch.setenv("KPOOL_TF_OPS", "0")
+    assert not tensorflow_ops.applies()
+
+
+def test_a_bad_kpool_tf_ops_value_is_named(monkeypatch):
+    from kpool.layers import tensorflow_ops
+
+    monkeypatch.setenv("KPOOL_TF_OPS", "yes")
+    with pytest.raises(ValueError, match="`KPOOL_TF_OPS` must be one of"):
+        tensorflow_ops.applies()
+
+
+@pytest.mark.parametrize("choice", ["auto", "1"])
+def test_without_a_compiler(monkeypatch, tmp_path, choice):
+    from kpool.layers import tensorflow_ops
+
+    monkeypatch.setattr(tensorflow_ops, "_library", None)
+    monkeypatch.setattr(tensorflow_ops, "_failure", None)
+    monkeypatch.setenv("KPOOL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("KPOOL_TF_OPS", choice)
+    if choice == "1":
+        with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+            tensorflow_ops.library()
+        return
+    with pytest.warns(RuntimeWarning, match="cannot be built"):
+        assert tensorflow_ops.library() is None
+    assert not tensorflow_ops.applies()  # Once: no second warning.
+    # The layers fall back to built-in ops.
+    x = np.arange(16.0, dtype="float32").reshape(1, 4, 4, 1)
+    outputs = layers.MinPooling2D(2)(x)
+    np.testing.assert_array_equal(
+        np.asarray(outputs)[0, :, :, 0], [[0, 2], [8, 10]]
+    )
+
+
+def test_the_library_is_built_once_and_cached(tmp_path):
+    from kpool.layers import tensorflow_ops
+
+    path = tensorflow_ops.build(str(tmp_path))
+    assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]
+    mtime = os.stat(path).st_mtime_ns
+    assert tensorflow_ops.build(str(tmp_path)) == path
+    assert os.stat(path).st_mtime_ns == mtime
+
+
+def test_a_window_larger_than_the_input_is_an_error():
+    import tensorflow as tf
+
+    from kpool.layers import tensorflow_ops
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="larger than"):
+        tensorflow_ops.library().kpool_min_pool(
+            tf.zeros((1, 1, 1, 2, 1)),
+            ksize=[1, 1, 3],
+            strides=[1, 1, 1],
+            padding="VALID",
+            data_format="NDHWC",
+        )
