@@ -17,6 +17,7 @@
 // window, padded or not, in row-major order.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -329,19 +330,172 @@ class MinPoolOp : public WindowOp {
 };
 
 // ---------------------------------------------------------------------------
-// KpoolMixedPool: each window's maximum, its position (the first on ties),
-// its mean over the cells inside the input and, with `gated`, the gate's
-// logit `sum_j kernel[j, c] * x_j` (padded cells count as zeros). `kernel`
-// is (window, 1) for one gate per layer or (window, channels) for one per
-// channel; without `gated` it is ignored and `logit` is empty.
+// Gradients: every gradient op sums, for each example, what each window
+// sends to its cells. Windows may overlap, so one thread sums a whole
+// example: into `dx` itself where `T` is the accumulation type, into
+// `scratch` (then converted) where it is not.
+
+template <typename T, typename F>
+void AccumulateExamples(OpKernelContext* ctx, const Geometry& g, T* dx,
+                        F&& accumulate) {
+  using A = Acc<T>;
+  constexpr bool kDirect = std::is_same<T, A>::value;
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  const int64_t cost =
+      std::max<int64_t>(g.out_cells * g.window * g.channels * 8, 1);
+  ::tensorflow::Shard(
+      workers->num_threads, workers->workers, g.batch, cost,
+      [&](int64_t start, int64_t limit) {
+        std::vector<A> scratch(kDirect ? 0 : g.in_example);
+        for (int64_t n = start; n < limit; ++n) {
+          T* dxn = dx + n * g.in_example;
+          A* sum = kDirect ? reinterpret_cast<A*>(dxn) : scratch.data();
+          std::fill(sum, sum + g.in_example, A(0));
+          accumulate(n, sum);
+          if (!kDirect) {
+            for (int64_t i = 0; i < g.in_example; ++i) {
+              dxn[i] = static_cast<T>(sum[i]);
+            }
+          }
+        }
+      });
+}
+
+Status CheckShape(const Tensor& t, const TensorShape& shape, const char* name) {
+  if (t.shape() == shape) return Status();
+  return InvalidArgument(std::string("`") + name + "` must have the shape " +
+                         shape.DebugString() + ", got " +
+                         t.shape().DebugString());
+}
+
+// A 5D tensor broadcast against the 5D output: each of its dims is 1 or the
+// output's.
+struct Broadcast {
+  int64_t stride[5] = {0, 0, 0, 0, 0};  // 0 along a dim of size 1.
+  int first_spatial = 1;
+  int channel_axis = 4;
+
+  Status Init(const TensorShape& shape, const TensorShape& output,
+              bool channels_last, const char* name) {
+    if (shape.dims() != 5) {
+      return InvalidArgument(std::string("`") + name + "` must be 5D, got " +
+                             shape.DebugString());
+    }
+    int64_t step = 1;
+    for (int i = 4; i >= 0; --i) {
+      const int64_t n = shape.dim_size(i);
+      if (n != 1 && n != output.dim_size(i)) {
+        return InvalidArgument(std::string("`") + name + "` " +
+                               shape.DebugString() +
+                               " does not broadcast to the output's " +
+                               output.DebugString());
+      }
+      stride[i] = n == 1 ? 0 : step;
+      step *= n;
+    }
+    first_spatial = channels_last ? 1 : 2;
+    channel_axis = channels_last ? 4 : 1;
+    return Status();
+  }
+
+  // Offset of channel 0 of output position `o` of example `n`.
+  int64_t Base(const Geometry& g, int64_t n, int64_t o) const {
+    int64_t offset = n * stride[0];
+    for (int d = kSpatial - 1; d >= 0; --d) {
+      offset += (o % g.out[d]) * stride[first_spatial + d];
+      o /= g.out[d];
+    }
+    return offset;
+  }
+
+  int64_t ChannelStride() const { return stride[channel_axis]; }
+};
+
+// ---------------------------------------------------------------------------
+// KpoolScatterGrad: the gradient of KpoolMinPool and KpoolStochasticPool:
+// each window sends `upstream` to the cell at its `index` (none for -1).
+
+REGISTER_OP("KpoolScatterGrad")
+    .Input("x: T")
+    .Input("index: int32")
+    .Input("upstream: T")
+    .Output("dx: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .KPOOL_WINDOW_ATTRS
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return Status();
+    });
+
+template <typename T, bool kChannelsLast>
+void ScatterExample(const Geometry& g, const int32_t* index, const T* upstream,
+                    int64_t n, Acc<T>* sum) {
+  using A = Acc<T>;
+  const int64_t C = g.channels;
+  const int64_t ics = kChannelsLast ? 1 : g.in_channel_stride;
+  const int64_t ocs = kChannelsLast ? 1 : g.out_channel_stride;
+  for (int64_t o = 0; o < g.out_cells; ++o) {
+    const int64_t out = n * g.out_example + g.OutputOffset(o);
+    const int32_t* __restrict__ ip = index + out;
+    const T* __restrict__ up = upstream + out;
+    g.ForEachCell(o, [&](int64_t j, int64_t offset) {
+      A* __restrict__ sp = sum + offset;
+      const int32_t position = static_cast<int32_t>(j);
+      for (int64_t c = 0; c < C; ++c) {
+        const A d = static_cast<A>(up[c * ocs]);
+        sp[c * ics] += ip[c * ocs] == position ? d : A(0);
+      }
+    });
+  }
+}
+
+template <typename T>
+class ScatterGradOp : public WindowOp {
+ public:
+  using WindowOp::WindowOp;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    Geometry g;
+    OP_REQUIRES_OK(ctx, MakeGeometry(x.shape(), &g));
+    const TensorShape shape = g.OutputShape(channels_last_);
+    OP_REQUIRES_OK(ctx, CheckShape(ctx->input(1), shape, "index"));
+    OP_REQUIRES_OK(ctx, CheckShape(ctx->input(2), shape, "upstream"));
+    const int32_t* index = ctx->input(1).flat<int32_t>().data();
+    const T* upstream = ctx->input(2).flat<T>().data();
+    Tensor* dx = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
+    AccumulateExamples(ctx, g, dx->flat<T>().data(),
+                       [&](int64_t n, Acc<T>* sum) {
+                         if (channels_last_) {
+                           ScatterExample<T, true>(g, index, upstream, n, sum);
+                         } else {
+                           ScatterExample<T, false>(g, index, upstream, n,
+                                                    sum);
+                         }
+                       });
+  }
+};
+
+// ---------------------------------------------------------------------------
+// KpoolMixedPool: `avg + a * (max - avg)` for each window, with `max` its
+// maximum (at `index`, the first on ties) and `avg` its mean over the cells
+// inside the input. `a` is `weight` (5D, broadcast against the output; an
+// `a` of exactly 1 or 0 gives exactly `max` or `avg`) or, with `gated`,
+// `sigmoid(sum_j kernel[j, c] * x_j)` (padded cells count as zeros), for a
+// `kernel` of shape (window, 1) (one gate per layer) or (window, channels).
+// The unused one of `weight` and `kernel` is ignored. `difference` is
+// `max - avg` and `gate` is `a` when gated (else empty): what the gradient
+// needs besides `index`.
 
 REGISTER_OP("KpoolMixedPool")
     .Input("x: T")
+    .Input("weight: T")
     .Input("kernel: T")
-    .Output("max: T")
-    .Output("mean: T")
+    .Output("y: T")
     .Output("index: int32")
-    .Output("logit: T")
+    .Output("difference: T")
+    .Output("gate: T")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("gated: bool = false")
     .KPOOL_WINDOW_ATTRS
@@ -349,32 +503,76 @@ REGISTER_OP("KpoolMixedPool")
       TF_RETURN_IF_ERROR(PooledShape(c, 3));
       bool gated;
       TF_RETURN_IF_ERROR(c->GetAttr("gated", &gated));
-      if (gated) {
-        c->set_output(3, c->output(0));
-      } else {
-        c->set_output(3, c->Vector(0));
-      }
+      c->set_output(3, gated ? c->output(0) : c->Vector(0));
       return Status();
     });
 
+// KpoolMixedPoolGrad: the gradient of KpoolMixedPool for `upstream` `g`,
+// with `a` the `weight` (broadcast) or the `gate` it output: each window
+// sends `g * a` to its maximum, `g * (1 - a) / count` to each of its cells
+// and, gated, `g * (max - avg) * a * (1 - a) * kernel[j, c]` to cell `j`.
+// `weight_product` is `g * (max - avg)` (the gradient of `a`, before its
+// broadcast is summed) with `weight_grad`, else empty; `kernel_grad[n, j,
+// c]` sums `g * (max - avg) * a * (1 - a) * x_j` over example `n`'s windows
+// (over channels too for a (window, 1) kernel), in float (double for double
+// `T`), gated, else empty.
+
+REGISTER_OP("KpoolMixedPoolGrad")
+    .Input("x: T")
+    .Input("index: int32")
+    .Input("upstream: T")
+    .Input("difference: T")
+    .Input("weight: T")
+    .Input("gate: T")
+    .Input("kernel: T")
+    .Output("dx: T")
+    .Output("weight_product: T")
+    .Output("kernel_grad: Tgrad")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tgrad: {float, double} = DT_FLOAT")
+    .Attr("gated: bool = false")
+    .Attr("weight_grad: bool = false")
+    .KPOOL_WINDOW_ATTRS
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      bool weight_grad;
+      TF_RETURN_IF_ERROR(c->GetAttr("weight_grad", &weight_grad));
+      c->set_output(1, weight_grad ? c->input(2) : c->Vector(0));
+      c->set_output(2, c->UnknownShapeOfRank(3));
+      return Status();
+    });
+
+template <typename T>
+struct MixInputs {
+  const T* x = nullptr;
+  const T* weight = nullptr;  // Not gated.
+  Broadcast weight_view;
+  const T* kernel = nullptr;  // Gated.
+  int64_t kernel_channels = 0;
+};
+
 template <typename T, bool kChannelsLast>
-void MixedPoolShard(const Geometry& g, const T* x, const T* kernel,
-                    int64_t kernel_channels, bool gated, T* max, T* mean,
-                    int32_t* index, T* logit, int64_t start, int64_t limit) {
+void MixedPoolShard(const Geometry& g, const MixInputs<T>& in, T* y,
+                    int32_t* index, T* difference, T* gate_out, int64_t start,
+                    int64_t limit) {
   using A = Acc<T>;
+  using Array = Eigen::Array<A, Eigen::Dynamic, 1>;
   const int64_t C = g.channels;
   const int64_t ics = kChannelsLast ? 1 : g.in_channel_stride;
   const int64_t ocs = kChannelsLast ? 1 : g.out_channel_stride;
-  // Positions as floats, as in `MinPoolShard`.
-  std::vector<A> best(C), where(C), sum(C), gate(C);
+  // Positions are kept as floats (exact below 2**24) so that the compare
+  // and both selects vectorize.
+  std::vector<A> best(C), where(C), sum(C);
+  Array gate(C);
   for (int64_t unit = start; unit < limit; ++unit) {
     const int64_t n = unit / g.out_cells, o = unit % g.out_cells;
-    const T* xn = x + n * g.in_example;
-    int64_t count = 0;
+    const T* xn = in.x + n * g.in_example;
     A* __restrict__ bp = best.data();
     A* __restrict__ wp = where.data();
     A* __restrict__ sp = sum.data();
     A* __restrict__ gp = gate.data();
+    if (in.kernel) gate.setZero();
+    int64_t count = 0;
     g.ForEachCell(o, [&](int64_t j, int64_t offset) {
       const T* __restrict__ xp = xn + offset;
       const A position = static_cast<A>(j);
@@ -394,86 +592,234 @@ void MixedPoolShard(const Geometry& g, const T* x, const T* kernel,
           sp[c] += v;
         }
       }
-      if (gated) {
-        const T* w = kernel + j * kernel_channels;
-        if (count == 1) std::fill(gp, gp + C, A(0));
-        if (kernel_channels == 1) {
-          const A w0 = static_cast<A>(w[0]);
-          for (int64_t c = 0; c < C; ++c) {
-            gp[c] += w0 * static_cast<A>(xp[c * ics]);
-          }
-        } else {
-          for (int64_t c = 0; c < C; ++c) {
-            gp[c] += static_cast<A>(w[c]) * static_cast<A>(xp[c * ics]);
-          }
+      if (!in.kernel) return;
+      const T* w = in.kernel + j * in.kernel_channels;
+      if (in.kernel_channels == 1) {
+        const A w0 = static_cast<A>(w[0]);
+        for (int64_t c = 0; c < C; ++c) {
+          gp[c] += w0 * static_cast<A>(xp[c * ics]);
+        }
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          gp[c] += static_cast<A>(w[c]) * static_cast<A>(xp[c * ics]);
         }
       }
     });
+    // Eigen's exp vectorizes.
+    if (in.kernel) gate = A(1) / (A(1) + (-gate).exp());
     const A inverse = A(1) / static_cast<A>(count);
     const int64_t out = n * g.out_example + g.OutputOffset(o);
+    const T* weight =
+        in.kernel ? nullptr : in.weight + in.weight_view.Base(g, n, o);
+    const int64_t wcs = in.weight_view.ChannelStride();
     for (int64_t c = 0; c < C; ++c) {
-      max[out + c * ocs] = static_cast<T>(bp[c]);
-      mean[out + c * ocs] = static_cast<T>(sp[c] * inverse);
+      const A a = weight ? static_cast<A>(weight[c * wcs]) : gp[c];
+      const A avg = sp[c] * inverse;
+      const A spread = bp[c] - avg;
+      const A mixed = avg + a * spread;
+      y[out + c * ocs] =
+          static_cast<T>(a == A(1) ? bp[c] : (a == A(0) ? avg : mixed));
       index[out + c * ocs] = static_cast<int32_t>(wp[c]);
-    }
-    if (gated) {
-      for (int64_t c = 0; c < C; ++c) {
-        logit[out + c * ocs] = static_cast<T>(gp[c]);
-      }
+      difference[out + c * ocs] = static_cast<T>(spread);
+      if (gate_out) gate_out[out + c * ocs] = static_cast<T>(a);
     }
   }
 }
 
-template <typename T>
-class MixedPoolOp : public WindowOp {
+class MixedOp : public WindowOp {
  public:
-  explicit MixedPoolOp(OpKernelConstruction* c) : WindowOp(c) {
+  explicit MixedOp(OpKernelConstruction* c) : WindowOp(c) {
     OP_REQUIRES_OK(c, c->GetAttr("gated", &gated_));
+  }
+
+ protected:
+  // Reads `weight` (not gated) or `kernel` (gated) into `in`.
+  template <typename T>
+  Status Mixing(const Tensor& weight, const Tensor& kernel, const Geometry& g,
+                MixInputs<T>* in) const {
+    if (!gated_) {
+      TF_RETURN_IF_ERROR(in->weight_view.Init(
+          weight.shape(), g.OutputShape(channels_last_), channels_last_,
+          "weight"));
+      in->weight = weight.flat<T>().data();
+      return Status();
+    }
+    if (!(kernel.dims() == 2 && kernel.dim_size(0) == g.window &&
+          (kernel.dim_size(1) == 1 || kernel.dim_size(1) == g.channels))) {
+      return InvalidArgument(
+          "`kernel` must be (window, 1) or (window, channels), got " +
+          kernel.shape().DebugString());
+    }
+    in->kernel = kernel.flat<T>().data();
+    in->kernel_channels = kernel.dim_size(1);
+    return Status();
+  }
+
+  bool gated_ = false;
+};
+
+template <typename T>
+class MixedPoolOp : public MixedOp {
+ public:
+  using MixedOp::MixedOp;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    Geometry g;
+    OP_REQUIRES_OK(ctx, MakeGeometry(x.shape(), &g));
+    MixInputs<T> in;
+    in.x = x.flat<T>().data();
+    OP_REQUIRES_OK(ctx, Mixing(ctx->input(1), ctx->input(2), g, &in));
+    const TensorShape shape = g.OutputShape(channels_last_);
+    Tensor *y = nullptr, *index = nullptr, *difference = nullptr,
+           *gate = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &y));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, shape, &index));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, shape, &difference));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            3, gated_ ? shape : TensorShape({0}), &gate));
+    T* yp = y->flat<T>().data();
+    int32_t* ip = index->flat<int32_t>().data();
+    T* dp = difference->flat<T>().data();
+    T* gp = gated_ ? gate->flat<T>().data() : nullptr;
+    ForEachOutput(ctx, g, [&](int64_t start, int64_t limit) {
+      if (channels_last_) {
+        MixedPoolShard<T, true>(g, in, yp, ip, dp, gp, start, limit);
+      } else {
+        MixedPoolShard<T, false>(g, in, yp, ip, dp, gp, start, limit);
+      }
+    });
+  }
+};
+
+template <typename T>
+struct MixGradInputs {
+  MixInputs<T> mix;
+  const T* gate = nullptr;  // Gated: `a` for each output cell.
+  const int32_t* index = nullptr;
+  const T* upstream = nullptr;
+  const T* difference = nullptr;
+};
+
+template <typename T, bool kChannelsLast>
+void MixedPoolGradExample(const Geometry& g, const MixGradInputs<T>& in,
+                          T* weight_product, Acc<T>* kernel_grad, int64_t n,
+                          Acc<T>* sum_dx) {
+  using A = Acc<T>;
+  const int64_t C = g.channels;
+  const int64_t ics = kChannelsLast ? 1 : g.in_channel_stride;
+  const int64_t ocs = kChannelsLast ? 1 : g.out_channel_stride;
+  const MixInputs<T>& mix = in.mix;
+  const T* xn = mix.x + n * g.in_example;
+  const int64_t kc = mix.kernel_channels;
+  A* kg = mix.kernel ? kernel_grad + n * g.window * kc : nullptr;
+  std::vector<A> to_max(C), to_each(C), to_gate(C);
+  for (int64_t o = 0; o < g.out_cells; ++o) {
+    int64_t count = 0;
+    g.ForEachCell(o, [&](int64_t, int64_t) { ++count; });
+    const A inverse = A(1) / static_cast<A>(count);
+    const int64_t out = n * g.out_example + g.OutputOffset(o);
+    const T* weight = mix.kernel ? in.gate + out
+                                 : mix.weight + mix.weight_view.Base(g, n, o);
+    const int64_t wcs = mix.kernel ? ocs : mix.weight_view.ChannelStride();
+    const T* __restrict__ up = in.upstream + out;
+    const T* __restrict__ dp = in.difference + out;
+    for (int64_t c = 0; c < C; ++c) {
+      const A a = static_cast<A>(weight[c * wcs]);
+      const A u = static_cast<A>(up[c * ocs]);
+      const A spread = u * static_cast<A>(dp[c * ocs]);
+      to_max[c] = u * a;
+      to_each[c] = (u - u * a) * inverse;
+      to_gate[c] = spread * a * (A(1) - a);
+      if (weight_product) {
+        weight_product[out + c * ocs] = static_cast<T>(spread);
+      }
+    }
+    const int32_t* __restrict__ ip = in.index + out;
+    g.ForEachCell(o, [&](int64_t j, int64_t offset) {
+      A* __restrict__ sp = sum_dx + offset;
+      const int32_t position = static_cast<int32_t>(j);
+      for (int64_t c = 0; c < C; ++c) {
+        sp[c * ics] +=
+            (ip[c * ocs] == position ? to_max[c] : A(0)) + to_each[c];
+      }
+      if (!mix.kernel) return;
+      const T* __restrict__ xp = xn + offset;
+      const T* w = mix.kernel + j * kc;
+      A* kgj = kg + j * kc;
+      if (kc == 1) {
+        const A w0 = static_cast<A>(w[0]);
+        A dot = A(0);
+        for (int64_t c = 0; c < C; ++c) {
+          sp[c * ics] += to_gate[c] * w0;
+          dot += to_gate[c] * static_cast<A>(xp[c * ics]);
+        }
+        kgj[0] += dot;
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          sp[c * ics] += to_gate[c] * static_cast<A>(w[c]);
+          kgj[c] += to_gate[c] * static_cast<A>(xp[c * ics]);
+        }
+      }
+    });
+  }
+}
+
+template <typename T>
+class MixedPoolGradOp : public MixedOp {
+ public:
+  explicit MixedPoolGradOp(OpKernelConstruction* c) : MixedOp(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("weight_grad", &weight_grad_));
   }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
-    const Tensor& kernel = ctx->input(1);
     Geometry g;
     OP_REQUIRES_OK(ctx, MakeGeometry(x.shape(), &g));
-    int64_t kernel_channels = 0;
-    if (gated_) {
-      OP_REQUIRES(ctx,
-                  kernel.dims() == 2 && kernel.dim_size(0) == g.window &&
-                      (kernel.dim_size(1) == 1 ||
-                       kernel.dim_size(1) == g.channels),
-                  InvalidArgument("`kernel` must be (window, 1) or (window, "
-                                  "channels), got " +
-                                  kernel.shape().DebugString()));
-      kernel_channels = kernel.dim_size(1);
-    }
+    MixGradInputs<T> in;
+    in.mix.x = x.flat<T>().data();
+    OP_REQUIRES_OK(ctx, Mixing(ctx->input(4), ctx->input(6), g, &in.mix));
     const TensorShape shape = g.OutputShape(channels_last_);
-    Tensor *max = nullptr, *mean = nullptr, *index = nullptr, *logit = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &max));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, shape, &mean));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, shape, &index));
+    OP_REQUIRES_OK(ctx, CheckShape(ctx->input(1), shape, "index"));
+    OP_REQUIRES_OK(ctx, CheckShape(ctx->input(2), shape, "upstream"));
+    OP_REQUIRES_OK(ctx, CheckShape(ctx->input(3), shape, "difference"));
+    in.index = ctx->input(1).flat<int32_t>().data();
+    in.upstream = ctx->input(2).flat<T>().data();
+    in.difference = ctx->input(3).flat<T>().data();
+    if (gated_) {
+      OP_REQUIRES_OK(ctx, CheckShape(ctx->input(5), shape, "gate"));
+      in.gate = ctx->input(5).flat<T>().data();
+    }
+    Tensor *dx = nullptr, *weight_product = nullptr, *kernel_grad = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            3, gated_ ? shape : TensorShape({0}), &logit));
-    const T* xp = x.flat<T>().data();
-    const T* kp = gated_ ? kernel.flat<T>().data() : nullptr;
-    T* maxp = max->flat<T>().data();
-    T* meanp = mean->flat<T>().data();
-    int32_t* ip = index->flat<int32_t>().data();
-    T* lp = gated_ ? logit->flat<T>().data() : nullptr;
-    const bool gated = gated_;
-    ForEachOutput(ctx, g, [&](int64_t start, int64_t limit) {
-      if (channels_last_) {
-        MixedPoolShard<T, true>(g, xp, kp, kernel_channels, gated, maxp, meanp,
-                                ip, lp, start, limit);
-      } else {
-        MixedPoolShard<T, false>(g, xp, kp, kernel_channels, gated, maxp,
-                                 meanp, ip, lp, start, limit);
-      }
-    });
+                            1, weight_grad_ ? shape : TensorShape({0}),
+                            &weight_product));
+    const TensorShape kernel_grad_shape =
+        gated_ ? TensorShape({g.batch, g.window, in.mix.kernel_channels})
+               : TensorShape({0, 0, 0});
+    OP_REQUIRES_OK(ctx,
+                   ctx->allocate_output(2, kernel_grad_shape, &kernel_grad));
+    T* wp = weight_grad_ ? weight_product->flat<T>().data() : nullptr;
+    Acc<T>* kgp = nullptr;
+    if (gated_) {
+      kgp = kernel_grad->flat<Acc<T>>().data();
+      std::fill(kgp, kgp + kernel_grad->NumElements(), Acc<T>(0));
+    }
+    AccumulateExamples(ctx, g, dx->flat<T>().data(),
+                       [&](int64_t n, Acc<T>* sum) {
+                         if (channels_last_) {
+                           MixedPoolGradExample<T, true>(g, in, wp, kgp, n,
+                                                         sum);
+                         } else {
+                           MixedPoolGradExample<T, false>(g, in, wp, kgp, n,
+                                                          sum);
+                         }
+                       });
   }
 
  private:
-  bool gated_ = false;
+  bool weight_grad_ = false;
 };
 
 // ---------------------------------------------------------------------------
@@ -567,41 +913,62 @@ class StochasticPoolOp : public WindowOp {
 };
 
 // ---------------------------------------------------------------------------
-// KpoolStochasticExpectation: with `a = max(x, 0)`, `total = sum_j a_j` over
-// each window and `y = sum_j a_j**2 / total` (0 where `total` is 0).
+// KpoolStochasticExpectation: with `a = max(x, 0)`, `sum_j a_j**2 / sum_j a_j`
+// over each window (0 where the sum is 0).
 
 REGISTER_OP("KpoolStochasticExpectation")
     .Input("x: T")
     .Output("y: T")
-    .Output("total: T")
     .Attr("T: {float, double}")
     .KPOOL_WINDOW_ATTRS
-    .SetShapeFn([](InferenceContext* c) { return PooledShape(c, 2); });
+    .SetShapeFn([](InferenceContext* c) { return PooledShape(c, 1); });
 
+// KpoolStochasticExpectationGrad: each window sends `g * (2 a_j - y) /
+// sum_j a_j` to each cell `j` with a positive input, and nothing from a
+// window summing to 0.
+
+REGISTER_OP("KpoolStochasticExpectationGrad")
+    .Input("x: T")
+    .Input("upstream: T")
+    .Output("dx: T")
+    .Attr("T: {float, double}")
+    .KPOOL_WINDOW_ATTRS
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return Status();
+    });
+
+// Per-channel sums of `a` and `a**2` over one window.
 template <typename T, bool kChannelsLast>
-void StochasticExpectationShard(const Geometry& g, const T* x, T* y, T* total,
-                                int64_t start, int64_t limit) {
+void PositiveSums(const Geometry& g, const T* xn, int64_t o, T* sum,
+                  T* squares) {
   const int64_t C = g.channels;
   const int64_t ics = kChannelsLast ? 1 : g.in_channel_stride;
+  std::fill(sum, sum + C, T(0));
+  std::fill(squares, squares + C, T(0));
+  g.ForEachCell(o, [&](int64_t, int64_t offset) {
+    const T* __restrict__ xp = xn + offset;
+    for (int64_t c = 0; c < C; ++c) {
+      const T a = std::max(xp[c * ics], T(0));
+      sum[c] += a;
+      squares[c] += a * a;
+    }
+  });
+}
+
+template <typename T, bool kChannelsLast>
+void StochasticExpectationShard(const Geometry& g, const T* x, T* y,
+                                int64_t start, int64_t limit) {
+  const int64_t C = g.channels;
   const int64_t ocs = kChannelsLast ? 1 : g.out_channel_stride;
   std::vector<T> sum(C), squares(C);
   for (int64_t unit = start; unit < limit; ++unit) {
     const int64_t n = unit / g.out_cells, o = unit % g.out_cells;
-    const T* xn = x + n * g.in_example;
-    std::fill(sum.begin(), sum.end(), T(0));
-    std::fill(squares.begin(), squares.end(), T(0));
-    g.ForEachCell(o, [&](int64_t, int64_t offset) {
-      const T* xp = xn + offset;
-      for (int64_t c = 0; c < C; ++c) {
-        const T a = std::max(xp[c * ics], T(0));
-        sum[c] += a;
-        squares[c] += a * a;
-      }
-    });
+    PositiveSums<T, kChannelsLast>(g, x + n * g.in_example, o, sum.data(),
+                                   squares.data());
     const int64_t out = n * g.out_example + g.OutputOffset(o);
     for (int64_t c = 0; c < C; ++c) {
       y[out + c * ocs] = sum[c] > T(0) ? squares[c] / sum[c] : T(0);
-      total[out + c * ocs] = sum[c];
     }
   }
 }
@@ -615,246 +982,73 @@ class StochasticExpectationOp : public WindowOp {
     const Tensor& x = ctx->input(0);
     Geometry g;
     OP_REQUIRES_OK(ctx, MakeGeometry(x.shape(), &g));
-    const TensorShape shape = g.OutputShape(channels_last_);
-    Tensor *y = nullptr, *total = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &y));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, shape, &total));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx,
+                   ctx->allocate_output(0, g.OutputShape(channels_last_), &y));
     const T* xp = x.flat<T>().data();
     T* yp = y->flat<T>().data();
-    T* tp = total->flat<T>().data();
     ForEachOutput(ctx, g, [&](int64_t start, int64_t limit) {
       if (channels_last_) {
-        StochasticExpectationShard<T, true>(g, xp, yp, tp, start, limit);
+        StochasticExpectationShard<T, true>(g, xp, yp, start, limit);
       } else {
-        StochasticExpectationShard<T, false>(g, xp, yp, tp, start, limit);
+        StochasticExpectationShard<T, false>(g, xp, yp, start, limit);
       }
     });
   }
 };
 
-// ---------------------------------------------------------------------------
-// KpoolWindowGrad: the gradient of every forward op above. Each window adds
-// to each of its cells inside the input
-//
-//   to_index          if the cell is at the window's `index`,
-//   to_each           (divided by the window's count of cells inside the
-//                     input with `average`),
-//   to_value * x      (the cell's input),
-//   to_gate * kernel[j, c]
-//
-// and, with `relu_mask`, a cell whose input is not positive gets 0. Any of
-// `index` (with `to_index`), `to_each`, `to_value` and `to_gate` (with
-// `kernel`) may be empty, meaning 0. `kernel_grad[n, j, c]` is the sum over
-// example `n`'s windows of `to_gate * x_j` (summed over channels for a
-// (window, 1) kernel), in float (double for double `T`); empty without
-// `to_gate`. The output-sized inputs have
-// the forward output's shape.
-
-REGISTER_OP("KpoolWindowGrad")
-    .Input("x: T")
-    .Input("index: int32")
-    .Input("to_index: T")
-    .Input("to_each: T")
-    .Input("to_value: T")
-    .Input("to_gate: T")
-    .Input("kernel: T")
-    .Output("dx: T")
-    .Output("kernel_grad: Tgrad")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tgrad: {float, double} = DT_FLOAT")
-    .Attr("average: bool = false")
-    .Attr("relu_mask: bool = false")
-    .KPOOL_WINDOW_ATTRS
-    .SetShapeFn([](InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      c->set_output(1, c->UnknownShapeOfRank(3));
-      return Status();
-    });
-
-template <typename T>
-struct GradInputs {
-  const T* x = nullptr;
-  const int32_t* index = nullptr;
-  const T* to_index = nullptr;
-  const T* to_each = nullptr;
-  const T* to_value = nullptr;
-  const T* to_gate = nullptr;
-  const T* kernel = nullptr;
-  int64_t kernel_channels = 0;
-  bool average = false;
-  bool relu_mask = false;
-};
-
-// One example per call: windows may overlap, so each example's input
-// gradient is summed by one thread, into `dx` itself where `T` is the
-// accumulation type and into `scratch` (then converted) where it is not.
 template <typename T, bool kChannelsLast>
-void WindowGradExample(const Geometry& g, const GradInputs<T>& in, int64_t n,
-                       std::vector<Acc<T>>& scratch, T* dx,
-                       Acc<T>* kernel_grad) {
-  using A = Acc<T>;
-  constexpr bool kDirect = std::is_same<T, A>::value;
+void StochasticExpectationGradExample(const Geometry& g, const T* x,
+                                      const T* upstream, int64_t n, T* sum_dx) {
   const int64_t C = g.channels;
   const int64_t ics = kChannelsLast ? 1 : g.in_channel_stride;
   const int64_t ocs = kChannelsLast ? 1 : g.out_channel_stride;
-  const T* xn = in.x + n * g.in_example;
-  T* dxn = dx + n * g.in_example;
-  A* sum = kDirect ? reinterpret_cast<A*>(dxn) : scratch.data();
-  std::fill(sum, sum + g.in_example, A(0));
-  A* kg = kernel_grad ? kernel_grad + n * g.window * in.kernel_channels
-                          : nullptr;
+  const T* xn = x + n * g.in_example;
+  std::vector<T> sum(C), squares(C), scale(C), shift(C);
   for (int64_t o = 0; o < g.out_cells; ++o) {
+    PositiveSums<T, kChannelsLast>(g, xn, o, sum.data(), squares.data());
     const int64_t out = n * g.out_example + g.OutputOffset(o);
-    A inverse = A(1);
-    if (in.to_each && in.average) {
-      int64_t count = 0;
-      g.ForEachCell(o, [&](int64_t, int64_t) { ++count; });
-      inverse = A(1) / static_cast<A>(count);
+    for (int64_t c = 0; c < C; ++c) {
+      const bool positive = sum[c] > T(0);
+      const T safe = positive ? sum[c] : T(1);
+      // d y / d a_j = (2 a_j - y) / sum = scale * a_j - shift.
+      scale[c] = positive ? T(2) * upstream[out + c * ocs] / safe : T(0);
+      shift[c] = scale[c] * T(0.5) * (squares[c] / safe);
     }
-    const int32_t* __restrict__ index = in.index ? in.index + out : nullptr;
-    const T* __restrict__ to_index = in.to_index ? in.to_index + out : nullptr;
-    const T* __restrict__ to_each = in.to_each ? in.to_each + out : nullptr;
-    const T* __restrict__ to_value = in.to_value ? in.to_value + out : nullptr;
-    const T* __restrict__ to_gate = in.to_gate ? in.to_gate + out : nullptr;
-    g.ForEachCell(o, [&](int64_t j, int64_t offset) {
-      A* __restrict__ sp = sum + offset;
+    g.ForEachCell(o, [&](int64_t, int64_t offset) {
       const T* __restrict__ xp = xn + offset;
-      const int32_t position = static_cast<int32_t>(j);
-      if (to_index) {
-        for (int64_t c = 0; c < C; ++c) {
-          const A d = static_cast<A>(to_index[c * ocs]);
-          sp[c * ics] += index[c * ocs] == position ? d : A(0);
-        }
-      }
-      if (to_each) {
-        for (int64_t c = 0; c < C; ++c) {
-          sp[c * ics] += static_cast<A>(to_each[c * ocs]) * inverse;
-        }
-      }
-      if (to_value) {
-        for (int64_t c = 0; c < C; ++c) {
-          sp[c * ics] +=
-              static_cast<A>(to_value[c * ocs]) * static_cast<A>(xp[c * ics]);
-        }
-      }
-      if (to_gate) {
-        const T* w = in.kernel + j * in.kernel_channels;
-        A* kgj = kg + j * in.kernel_channels;
-        if (in.kernel_channels == 1) {
-          const A w0 = static_cast<A>(w[0]);
-          A dot = A(0);
-          for (int64_t c = 0; c < C; ++c) {
-            const A d = static_cast<A>(to_gate[c * ocs]);
-            sp[c * ics] += d * w0;
-            dot += d * static_cast<A>(xp[c * ics]);
-          }
-          kgj[0] += dot;
-        } else {
-          for (int64_t c = 0; c < C; ++c) {
-            const A d = static_cast<A>(to_gate[c * ocs]);
-            sp[c * ics] += d * static_cast<A>(w[c]);
-            kgj[c] += d * static_cast<A>(xp[c * ics]);
-          }
-        }
+      T* __restrict__ sp = sum_dx + offset;
+      for (int64_t c = 0; c < C; ++c) {
+        const T v = xp[c * ics];
+        sp[c * ics] += v > T(0) ? scale[c] * v - shift[c] : T(0);
       }
     });
-  }
-  if (in.relu_mask) {
-    for (int64_t i = 0; i < g.in_example; ++i) {
-      dxn[i] = xn[i] > T(0) ? static_cast<T>(sum[i]) : T(0);
-    }
-  } else if (!kDirect) {
-    for (int64_t i = 0; i < g.in_example; ++i) {
-      dxn[i] = static_cast<T>(sum[i]);
-    }
   }
 }
 
 template <typename T>
-class WindowGradOp : public WindowOp {
+class StochasticExpectationGradOp : public WindowOp {
  public:
-  explicit WindowGradOp(OpKernelConstruction* c) : WindowOp(c) {
-    OP_REQUIRES_OK(c, c->GetAttr("average", &average_));
-    OP_REQUIRES_OK(c, c->GetAttr("relu_mask", &relu_mask_));
-  }
+  using WindowOp::WindowOp;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
     Geometry g;
     OP_REQUIRES_OK(ctx, MakeGeometry(x.shape(), &g));
-    const TensorShape shape = g.OutputShape(channels_last_);
-    GradInputs<T> in;
-    in.x = x.flat<T>().data();
-    in.average = average_;
-    in.relu_mask = relu_mask_;
-    // An output-sized input, or null where it is empty.
-    auto output_sized = [&](int i, const char* name, const T** data) {
-      const Tensor& t = ctx->input(i);
-      if (t.NumElements() == 0 && shape.num_elements() != 0) return Status();
-      if (t.shape() != shape) {
-        return InvalidArgument(std::string("`") + name +
-                               "` must be empty or have the output's shape " +
-                               shape.DebugString() + ", got " +
-                               t.shape().DebugString());
-      }
-      *data = t.flat<T>().data();
-      return Status();
-    };
-    OP_REQUIRES_OK(ctx, output_sized(2, "to_index", &in.to_index));
-    OP_REQUIRES_OK(ctx, output_sized(3, "to_each", &in.to_each));
-    OP_REQUIRES_OK(ctx, output_sized(4, "to_value", &in.to_value));
-    OP_REQUIRES_OK(ctx, output_sized(5, "to_gate", &in.to_gate));
-    if (in.to_index) {
-      const Tensor& index = ctx->input(1);
-      OP_REQUIRES(ctx, index.shape() == shape,
-                  InvalidArgument("`index` must have the output's shape"));
-      in.index = index.flat<int32_t>().data();
-    }
-    TensorShape kernel_grad_shape({0, 0, 0});
-    if (in.to_gate) {
-      const Tensor& kernel = ctx->input(6);
-      OP_REQUIRES(ctx,
-                  kernel.dims() == 2 && kernel.dim_size(0) == g.window &&
-                      (kernel.dim_size(1) == 1 ||
-                       kernel.dim_size(1) == g.channels),
-                  InvalidArgument("`kernel` must be (window, 1) or (window, "
-                                  "channels), got " +
-                                  kernel.shape().DebugString()));
-      in.kernel = kernel.flat<T>().data();
-      in.kernel_channels = kernel.dim_size(1);
-      kernel_grad_shape = TensorShape({g.batch, g.window, in.kernel_channels});
-    }
-    Tensor *dx = nullptr, *kernel_grad = nullptr;
+    OP_REQUIRES_OK(ctx, CheckShape(ctx->input(1),
+                                   g.OutputShape(channels_last_), "upstream"));
+    const T* xp = x.flat<T>().data();
+    const T* up = ctx->input(1).flat<T>().data();
+    Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, kernel_grad_shape,
-                                             &kernel_grad));
-    T* dxp = dx->flat<T>().data();
-    Acc<T>* kgp = nullptr;
-    if (in.to_gate) {
-      kgp = kernel_grad->flat<Acc<T>>().data();
-      std::fill(kgp, kgp + kernel_grad->NumElements(), Acc<T>(0));
-    }
-    auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    const int64_t cost = std::max<int64_t>(g.out_cells * g.window * g.channels
-                                               * 8, 1);
-    ::tensorflow::Shard(
-        workers->num_threads, workers->workers, g.batch, cost,
-        [&](int64_t start, int64_t limit) {
-          std::vector<Acc<T>> scratch(
-              std::is_same<T, Acc<T>>::value ? 0 : g.in_example);
-          for (int64_t n = start; n < limit; ++n) {
-            if (channels_last_) {
-              WindowGradExample<T, true>(g, in, n, scratch, dxp, kgp);
-            } else {
-              WindowGradExample<T, false>(g, in, n, scratch, dxp, kgp);
-            }
-          }
-        });
+    AccumulateExamples(ctx, g, dx->flat<T>().data(), [&](int64_t n, T* sum) {
+      if (channels_last_) {
+        StochasticExpectationGradExample<T, true>(g, xp, up, n, sum);
+      } else {
+        StochasticExpectationGradExample<T, false>(g, xp, up, n, sum);
+      }
+    });
   }
-
- private:
-  bool average_ = false;
-  bool relu_mask_ = false;
 };
 
 #define KPOOL_REGISTER(name, op, type)                                      \
@@ -867,22 +1061,28 @@ class WindowGradOp : public WindowOp {
   KPOOL_REGISTER(name, op, float);              \
   KPOOL_REGISTER(name, op, double)
 
-KPOOL_REGISTER_ALL_TYPES("KpoolMinPool", MinPoolOp);
-KPOOL_REGISTER_ALL_TYPES("KpoolMixedPool", MixedPoolOp);
-#define KPOOL_REGISTER_GRAD(type)                         \
-  REGISTER_KERNEL_BUILDER(Name("KpoolWindowGrad")         \
-                              .Device(DEVICE_CPU)         \
-                              .TypeConstraint<type>("T")  \
+#define KPOOL_REGISTER_MIXED_GRAD(type)                        \
+  REGISTER_KERNEL_BUILDER(Name("KpoolMixedPoolGrad")           \
+                              .Device(DEVICE_CPU)              \
+                              .TypeConstraint<type>("T")       \
                               .TypeConstraint<Acc<type>>("Tgrad"), \
-                          WindowGradOp<type>)
-KPOOL_REGISTER_GRAD(Eigen::half);
-KPOOL_REGISTER_GRAD(Eigen::bfloat16);
-KPOOL_REGISTER_GRAD(float);
-KPOOL_REGISTER_GRAD(double);
+                          MixedPoolGradOp<type>)
+
+KPOOL_REGISTER_ALL_TYPES("KpoolMinPool", MinPoolOp);
+KPOOL_REGISTER_ALL_TYPES("KpoolScatterGrad", ScatterGradOp);
+KPOOL_REGISTER_ALL_TYPES("KpoolMixedPool", MixedPoolOp);
+KPOOL_REGISTER_MIXED_GRAD(Eigen::half);
+KPOOL_REGISTER_MIXED_GRAD(Eigen::bfloat16);
+KPOOL_REGISTER_MIXED_GRAD(float);
+KPOOL_REGISTER_MIXED_GRAD(double);
 KPOOL_REGISTER("KpoolStochasticPool", StochasticPoolOp, float);
 KPOOL_REGISTER("KpoolStochasticPool", StochasticPoolOp, double);
 KPOOL_REGISTER("KpoolStochasticExpectation", StochasticExpectationOp, float);
 KPOOL_REGISTER("KpoolStochasticExpectation", StochasticExpectationOp, double);
+KPOOL_REGISTER("KpoolStochasticExpectationGrad", StochasticExpectationGradOp,
+               float);
+KPOOL_REGISTER("KpoolStochasticExpectationGrad", StochasticExpectationGradOp,
+               double);
 
 }  // namespace
 }  // namespace kpool

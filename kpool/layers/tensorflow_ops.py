@@ -222,41 +222,16 @@ def _from_5d(layer, tensor):
     return tf.squeeze(tensor, axis=list(range(first, first + lead)))
 
 
-def _empty(dtype):
+def _broadcast_5d(layer, tensor):
+    """A tensor that broadcasts against the output, as a 5D one that
+    broadcasts against the kernels' 5D output."""
     import tensorflow as tf
 
-    return tf.zeros([0], dtype)
-
-
-def _window_grad(
-    layer,
-    x,
-    index=None,
-    to_index=None,
-    to_each=None,
-    to_value=None,
-    to_gate=None,
-    kernel=None,
-    average=False,
-    relu_mask=False,
-):
-    """`KpoolWindowGrad` with absent terms as empty tensors, 5D in and out."""
-    import tensorflow as tf
-
-    empty = _empty(x.dtype)
-    return library().kpool_window_grad(
-        x=x,
-        index=tf.zeros([0], tf.int32) if index is None else index,
-        to_index=empty if to_index is None else to_index,
-        to_each=empty if to_each is None else to_each,
-        to_value=empty if to_value is None else to_value,
-        to_gate=empty if to_gate is None else to_gate,
-        kernel=(tf.zeros([0, 1], x.dtype) if kernel is None else kernel),
-        average=average,
-        relu_mask=relu_mask,
-        Tgrad=tf.float64 if x.dtype == tf.float64 else tf.float32,
-        **_window_attrs(layer),
-    )
+    rank = layer.num_spatial_dims + 2
+    missing = rank - len(tensor.shape)
+    if missing:
+        tensor = tf.reshape(tensor, [1] * missing + list(tensor.shape))
+    return _to_5d(layer, tensor)
 
 
 def min_pool(layer, inputs):
@@ -271,8 +246,8 @@ def min_pool(layer, inputs):
         y, index = library().kpool_min_pool(x5, **attrs)
 
         def grad(upstream):
-            dx, _ = _window_grad(
-                layer, x5, index=index, to_index=_to_5d(layer, upstream)
+            dx = library().kpool_scatter_grad(
+                x5, index, _to_5d(layer, upstream), **attrs
             )
             return _from_5d(layer, dx)
 
@@ -282,15 +257,15 @@ def min_pool(layer, inputs):
 
 
 def mixed_pool(layer, inputs, mixing=None, choose=False, gate_kernel=None):
-    """Mixed pooling's `avg + a * (max - avg)` from one pass over windows.
+    """Mixed pooling's `avg + a * (max - avg)` in one pass over the windows.
 
     `a` is `mixing` (broadcast against the output; with `choose`, boolean:
     the output is exactly `max` where it is true and `avg` elsewhere), or,
     with `gate_kernel` (`(window,)` or `(window, channels)`),
     `sigmoid(gate_kernel . window)`, computed by the kernel in the same
-    pass. The input gradient is max pooling's of `a * upstream` plus average
-    pooling's of `(1 - a) * upstream` (plus, gated, the gate's), in one more
-    pass. `mixing` gets `sum(upstream * (max - avg))` over the axes it is
+    pass. The gradient takes one more: max pooling's of `a * upstream` plus
+    average pooling's of `(1 - a) * upstream` (plus, gated, the gate's).
+    `mixing` gets `sum(upstream * (max - avg))` over the axes it is
     broadcast along; a boolean one gets none.
     """
     import tensorflow as tf
@@ -303,42 +278,29 @@ def mixed_pool(layer, inputs, mixing=None, choose=False, gate_kernel=None):
     def mix(x, second):
         x5 = _to_5d(layer, x)
         if gated:
+            weight = tf.zeros([1] * 5, x.dtype)
             kernel = tf.reshape(second, [math.prod(layer.pool_size), -1])
         else:
+            weight = _broadcast_5d(layer, tf.cast(second, x.dtype))
             kernel = tf.zeros([0, 1], x.dtype)
-        max5, mean5, index, logit = library().kpool_mixed_pool(
-            x5, kernel, gated=gated, **attrs
+        y, index, difference, gate = library().kpool_mixed_pool(
+            x5, weight, kernel, gated=gated, **attrs
         )
-        max_pooled = _from_5d(layer, max5)
-        avg_pooled = _from_5d(layer, mean5)
-        difference = max_pooled - avg_pooled
-        if gated:
-            weight = tf.sigmoid(_from_5d(layer, logit))
-        elif choose:
-            weight = tf.cast(second, x.dtype)
-        else:
-            weight = second
-        if choose:
-            outputs = tf.where(second, max_pooled, avg_pooled)
-        else:
-            outputs = avg_pooled + weight * difference
 
         def grad(upstream):
-            to_max = upstream * weight
-            to_gate = None
-            if gated:
-                to_gate = _to_5d(
-                    layer, upstream * difference * weight * (1.0 - weight)
-                )
-            dx, kernel_grad = _window_grad(
-                layer,
+            weight_grad = not (gated or choose)
+            dx, product, kernel_grad = library().kpool_mixed_pool_grad(
                 x5,
-                index=index,
-                to_index=_to_5d(layer, to_max),
-                to_each=_to_5d(layer, upstream - to_max),
-                to_gate=to_gate,
-                kernel=kernel if gated else None,
-                average=True,
+                index,
+                _to_5d(layer, upstream),
+                difference,
+                weight,
+                gate,
+                kernel,
+                gated=gated,
+                weight_grad=weight_grad,
+                Tgrad=tf.float64 if x.dtype == tf.float64 else tf.float32,
+                **attrs,
             )
             dx = _from_5d(layer, dx)
             if gated:
@@ -349,10 +311,10 @@ def mixed_pool(layer, inputs, mixing=None, choose=False, gate_kernel=None):
             if choose:
                 return dx, None
             return dx, tensorflow_kernels.sum_to_shape(
-                upstream * difference, second
+                _from_5d(layer, product), second
             )
 
-        return outputs, grad
+        return _from_5d(layer, y), grad
 
     return mix(inputs, second)
 
@@ -377,8 +339,8 @@ def stochastic_sample(layer, inputs, uniform):
         )
 
         def grad(upstream):
-            dx, _ = _window_grad(
-                layer, x5, index=index, to_index=_to_5d(layer, upstream)
+            dx = library().kpool_scatter_grad(
+                x5, index, _to_5d(layer, upstream), **attrs
             )
             return _from_5d(layer, dx)
 
@@ -400,21 +362,14 @@ def stochastic_expectation(layer, inputs):
     @tf.custom_gradient
     def expectation(x):
         x5 = _to_5d(layer, x)
-        y, total = library().kpool_stochastic_expectation(x5, **attrs)
 
         def grad(upstream):
-            scale = _to_5d(layer, upstream) / tf.where(
-                total > 0, total, tf.ones_like(total)
-            )
-            dx, _ = _window_grad(
-                layer,
-                x5,
-                to_each=-scale * y,
-                to_value=2.0 * scale,
-                relu_mask=True,
+            dx = library().kpool_stochastic_expectation_grad(
+                x5, _to_5d(layer, upstream), **attrs
             )
             return _from_5d(layer, dx)
 
+        y = library().kpool_stochastic_expectation(x5, **attrs)
         return _from_5d(layer, y), grad
 
     return expectation(inputs)
