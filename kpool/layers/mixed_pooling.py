@@ -160,6 +160,8 @@ class MixedPooling(BasePooling):
         if fused and self.mode == "gated":
             kernel = ops.cast(self.gate_kernel, inputs.dtype)
             return tensorflow_ops.mixed_pool(self, inputs, gate_kernel=kernel)
+        if fused and choose:  # The kernel draws the choices.
+            return tensorflow_ops.mixed_pool(self, inputs)
         kernel = not fused and (
             tensorflow_kernels.applies() and (self.mode != "random" or choose)
         )
@@ -177,7 +179,7 @@ class MixedPooling(BasePooling):
         else:
             mixing = ops.cast(self.alpha, inputs.dtype)
         if fused:
-            return tensorflow_ops.mixed_pool(self, inputs, mixing, choose)
+            return tensorflow_ops.mixed_pool(self, inputs, mixing)
         if kernel:
             return tensorflow_kernels.mixed_pool(self, inputs, mixing, choose)
         max_pooled = self._max_pool(inputs)

@@ -19,15 +19,22 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/kernels/random_ops_util.h"
+#include "tensorflow/core/lib/random/random_distributions.h"
 #include "tensorflow/core/util/work_sharder.h"
 
 namespace kpool {
@@ -477,6 +484,179 @@ class ScatterGradOp : public WindowOp {
   }
 };
 
+#define KPOOL_RANDOM_ATTRS                                     \
+  Attr("random: bool = false")                                 \
+      .Attr("alpha: float = 0.5")                              \
+      .Attr("granularity: {'region', 'channel', 'layer'} = 'region'")
+
+// The draws of `tf.random.stateless_uniform(..., dtype=tf.float32,
+// alg="philox")`, which fills its output in groups of four from successive
+// Philox-4x32-10 counters (`StatelessRandomUniformV2`, `FillPhiloxRandom`):
+// element `i` is lane `i % 4` of the block at counter `counter + i / 4`,
+// made a float in [0, 1) from its low 23 bits. TensorFlow's `PhiloxRandom`
+// computes one block at a time; this computes up to `kBlocks` side by side
+// so that the rounds vectorize, with the same arithmetic.
+class Uniforms {
+ public:
+  static constexpr int64_t kBlocks = 16;
+
+  Uniforms() = default;
+  Uniforms(const uint64_t* key, const uint64_t* counter)
+      : key_(::tensorflow::GetKeyFromMem(key)),
+        counter_(::tensorflow::GetCounterFromMem(counter)) {}
+
+  // `out[k]` = element `first + k * stride`, for `k < count`.
+  void Fill(int64_t first, int64_t count, int64_t stride, float* out) const {
+    float draws[4 * kBlocks];
+    if (stride != 1) {
+      for (int64_t k = 0; k < count; ++k) {
+        const int64_t i = first + k * stride;
+        Blocks(i / 4, 1, draws);
+        out[k] = draws[i % 4];
+      }
+      return;
+    }
+    int64_t k = 0;
+    while (k < count) {
+      const int64_t i = first + k;
+      const int64_t blocks =
+          std::min<int64_t>(kBlocks, (i % 4 + count - k + 3) / 4);
+      Blocks(i / 4, blocks, draws);
+      const int64_t n = std::min<int64_t>(4 * blocks - i % 4, count - k);
+      std::copy(draws + i % 4, draws + i % 4 + n, out + k);
+      k += n;
+    }
+  }
+
+ private:
+  // The floats of blocks `first` to `first + blocks - 1` (`blocks <=
+  // kBlocks`), four per block.
+  void Blocks(int64_t first, int64_t blocks, float* out) const {
+    constexpr uint32_t kW32A = 0x9E3779B9, kW32B = 0xBB67AE85;
+    constexpr uint32_t kM4x32A = 0xD2511F53, kM4x32B = 0xCD9E8D57;
+    uint32_t c0[kBlocks] = {}, c1[kBlocks] = {}, c2[kBlocks] = {},
+             c3[kBlocks] = {};
+    for (int64_t b = 0; b < blocks; ++b) {
+      // `PhiloxRandom::Skip(first + b)`.
+      const uint64_t skip = static_cast<uint64_t>(first + b);
+      const uint32_t skip_lo = static_cast<uint32_t>(skip);
+      uint32_t skip_hi = static_cast<uint32_t>(skip >> 32);
+      uint32_t x0 = counter_[0] + skip_lo;
+      if (x0 < skip_lo) ++skip_hi;
+      uint32_t x1 = counter_[1] + skip_hi, x2 = counter_[2], x3 = counter_[3];
+      if (x1 < skip_hi && ++x2 == 0) ++x3;
+      c0[b] = x0;
+      c1[b] = x1;
+      c2[b] = x2;
+      c3[b] = x3;
+    }
+    uint32_t k0 = key_[0], k1 = key_[1];
+#if defined(__AVX2__)
+    // Eight blocks per vector. Compilers do not vectorize the widening
+    // multiplies of the scalar loop below.
+    for (int64_t b = 0; b < kBlocks; b += 8) {
+      __m256i x0 = Load(c0 + b), x1 = Load(c1 + b), x2 = Load(c2 + b),
+              x3 = Load(c3 + b);
+      const __m256i ma = _mm256_set1_epi32(static_cast<int>(kM4x32A));
+      const __m256i mb = _mm256_set1_epi32(static_cast<int>(kM4x32B));
+      uint32_t r0 = k0, r1 = k1;
+      for (int round = 0; round < 10; ++round) {
+        __m256i hi0, lo0, hi1, lo1;
+        MultiplyHighLow(x0, ma, &hi0, &lo0);
+        MultiplyHighLow(x2, mb, &hi1, &lo1);
+        x0 = _mm256_xor_si256(
+            _mm256_xor_si256(hi1, x1), _mm256_set1_epi32(static_cast<int>(r0)));
+        x2 = _mm256_xor_si256(
+            _mm256_xor_si256(hi0, x3), _mm256_set1_epi32(static_cast<int>(r1)));
+        x1 = lo1;
+        x3 = lo0;
+        r0 += kW32A;
+        r1 += kW32B;
+      }
+      Store(c0 + b, x0);
+      Store(c1 + b, x1);
+      Store(c2 + b, x2);
+      Store(c3 + b, x3);
+    }
+#else
+    for (int round = 0; round < 10; ++round) {
+      for (int64_t b = 0; b < kBlocks; ++b) {
+        const uint64_t p0 = static_cast<uint64_t>(kM4x32A) * c0[b];
+        const uint64_t p1 = static_cast<uint64_t>(kM4x32B) * c2[b];
+        const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[b] ^ k0;
+        const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[b] ^ k1;
+        c1[b] = static_cast<uint32_t>(p1);
+        c3[b] = static_cast<uint32_t>(p0);
+        c0[b] = n0;
+        c2[b] = n2;
+      }
+      k0 += kW32A;
+      k1 += kW32B;
+    }
+#endif
+    for (int64_t b = 0; b < blocks; ++b) {
+      out[4 * b] = ToFloat(c0[b]);
+      out[4 * b + 1] = ToFloat(c1[b]);
+      out[4 * b + 2] = ToFloat(c2[b]);
+      out[4 * b + 3] = ToFloat(c3[b]);
+    }
+  }
+
+#if defined(__AVX2__)
+  static __m256i Load(const uint32_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  static void Store(uint32_t* p, __m256i v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+  }
+  // The low and high 32 bits of each 32-bit lane of `a` times `m`'s.
+  static void MultiplyHighLow(__m256i a, __m256i m, __m256i* high,
+                              __m256i* low) {
+    const __m256i even = _mm256_mul_epu32(a, m);
+    const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    *low = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+    *high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  }
+#endif
+
+  // `tsl::random::Uint32ToFloat`.
+  static float ToFloat(uint32_t x) {
+    const uint32_t bits = (127u << 23) | (x & 0x7fffffu);
+    float result;
+    std::memcpy(&result, &bits, sizeof(bits));
+    return result - 1.0f;
+  }
+
+  ::tensorflow::random::PhiloxRandom::Key key_;
+  ::tensorflow::random::PhiloxRandom::ResultType counter_;
+};
+
+// Random mixing: which of max (1) and average (0) pooling each unit takes.
+struct RandomMixing {
+  bool enabled = false;
+  float alpha = 0.5f;
+  int granularity = 0;  // 0 region, 1 channel, 2 layer.
+  Uniforms uniforms;
+
+  // `a[c]` for every channel of output position `o` of example `n`.
+  template <typename A>
+  void Choices(const Geometry& g, bool channels_last, int64_t n, int64_t o,
+               float* scratch, A* a) const {
+    const int64_t C = g.channels;
+    if (granularity == 0) {
+      const int64_t first = n * g.out_example + g.OutputOffset(o);
+      uniforms.Fill(first, C, channels_last ? 1 : g.out_channel_stride,
+                    scratch);
+    } else if (granularity == 1) {
+      uniforms.Fill(n * C, C, 1, scratch);
+    } else {
+      uniforms.Fill(n, 1, 1, scratch);
+      std::fill(scratch + 1, scratch + C, scratch[0]);
+    }
+    for (int64_t c = 0; c < C; ++c) a[c] = scratch[c] < alpha ? A(1) : A(0);
+  }
+};
+
 // ---------------------------------------------------------------------------
 // KpoolMixedPool: `avg + a * (max - avg)` for each window, with `max` its
 // maximum (at `index`, the first on ties) and `avg` its mean over the cells
@@ -484,31 +664,43 @@ class ScatterGradOp : public WindowOp {
 // `a` of exactly 1 or 0 gives exactly `max` or `avg`) or, with `gated`,
 // `sigmoid(sum_j kernel[j, c] * x_j)` (padded cells count as zeros), for a
 // `kernel` of shape (window, 1) (one gate per layer) or (window, channels).
-// The unused one of `weight` and `kernel` is ignored. `difference` is
-// `max - avg` and `gate` is `a` when gated (else empty): what the gradient
-// needs besides `index`.
+// With `random`, `a` is instead 1 where a uniform draw is below `alpha` and
+// 0 elsewhere, each draw as `tf.random.stateless_uniform(shape, seed,
+// alg="philox")` makes it from `key` and `counter` (its Philox state for
+// `seed`), for `shape` the output's for `granularity` "region", (batch,
+// channels) for "channel" and (batch,) for "layer".
+// The unused ones of `weight`, `kernel` and `key`/`counter` are ignored.
+// `difference` is
+// `max - avg` and `gate` is `a` when gated or random (else empty): what the
+// gradient needs besides `index`.
 
 REGISTER_OP("KpoolMixedPool")
     .Input("x: T")
     .Input("weight: T")
     .Input("kernel: T")
+    .Input("key: uint64")
+    .Input("counter: uint64")
     .Output("y: T")
     .Output("index: int32")
     .Output("difference: T")
     .Output("gate: T")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("gated: bool = false")
+    .KPOOL_RANDOM_ATTRS
     .KPOOL_WINDOW_ATTRS
     .SetShapeFn([](InferenceContext* c) {
       TF_RETURN_IF_ERROR(PooledShape(c, 3));
       bool gated;
       TF_RETURN_IF_ERROR(c->GetAttr("gated", &gated));
-      c->set_output(3, gated ? c->output(0) : c->Vector(0));
+      bool random;
+      TF_RETURN_IF_ERROR(c->GetAttr("random", &random));
+      c->set_output(3, gated || random ? c->output(0) : c->Vector(0));
       return Status();
     });
 
 // KpoolMixedPoolGrad: the gradient of KpoolMixedPool for `upstream` `g`,
-// with `a` the `weight` (broadcast) or the `gate` it output: each window
+// with `a` the `gate` it output (gated or random), else `weight`
+// (broadcast): each window
 // sends `g * a` to its maximum, `g * (1 - a) / count` to each of its cells
 // and, gated, `g * (max - avg) * a * (1 - a) * kernel[j, c]` to cell `j`.
 // `weight_product` is `g * (max - avg)` (the gradient of `a`, before its
@@ -549,6 +741,7 @@ struct MixInputs {
   Broadcast weight_view;
   const T* kernel = nullptr;  // Gated.
   int64_t kernel_channels = 0;
+  RandomMixing random;
 };
 
 template <typename T, bool kChannelsLast>
@@ -562,7 +755,8 @@ void MixedPoolShard(const Geometry& g, const MixInputs<T>& in, T* y,
   const int64_t ocs = kChannelsLast ? 1 : g.out_channel_stride;
   // Positions are kept as floats (exact below 2**24) so that the compare
   // and both selects vectorize.
-  std::vector<A> best(C), where(C), sum(C);
+  std::vector<A> best(C), where(C), sum(C), chosen(C);
+  std::vector<float> draws(C);
   Array gate(C);
   for (int64_t unit = start; unit < limit; ++unit) {
     const int64_t n = unit / g.out_cells, o = unit % g.out_cells;
@@ -609,11 +803,16 @@ void MixedPoolShard(const Geometry& g, const MixInputs<T>& in, T* y,
     if (in.kernel) gate = A(1) / (A(1) + (-gate).exp());
     const A inverse = A(1) / static_cast<A>(count);
     const int64_t out = n * g.out_example + g.OutputOffset(o);
-    const T* weight =
-        in.kernel ? nullptr : in.weight + in.weight_view.Base(g, n, o);
+    if (in.random.enabled) {
+      in.random.Choices(g, kChannelsLast, n, o, draws.data(), chosen.data());
+    }
+    const T* weight = in.kernel || in.random.enabled
+                          ? nullptr
+                          : in.weight + in.weight_view.Base(g, n, o);
     const int64_t wcs = in.weight_view.ChannelStride();
     for (int64_t c = 0; c < C; ++c) {
-      const A a = weight ? static_cast<A>(weight[c * wcs]) : gp[c];
+      const A a = weight ? static_cast<A>(weight[c * wcs])
+                         : (in.kernel ? gp[c] : chosen[c]);
       const A avg = sp[c] * inverse;
       const A spread = bp[c] - avg;
       const A mixed = avg + a * spread;
@@ -630,13 +829,35 @@ class MixedOp : public WindowOp {
  public:
   explicit MixedOp(OpKernelConstruction* c) : WindowOp(c) {
     OP_REQUIRES_OK(c, c->GetAttr("gated", &gated_));
+    if (c->HasAttr("random")) {  // The forward op.
+      OP_REQUIRES_OK(c, c->GetAttr("random", &random_));
+      OP_REQUIRES_OK(c, c->GetAttr("alpha", &alpha_));
+      std::string granularity;
+      OP_REQUIRES_OK(c, c->GetAttr("granularity", &granularity));
+      granularity_ = granularity == "region" ? 0
+                     : granularity == "channel" ? 1
+                                                : 2;
+    }
   }
 
  protected:
-  // Reads `weight` (not gated) or `kernel` (gated) into `in`.
+  // Reads `weight`, `kernel` (gated) or `key` and `counter` (random) into
+  // `in`.
   template <typename T>
-  Status Mixing(const Tensor& weight, const Tensor& kernel, const Geometry& g,
+  Status Mixing(const Tensor& weight, const Tensor& kernel, const Tensor& key,
+                const Tensor& counter, const Geometry& g,
                 MixInputs<T>* in) const {
+    if (random_) {
+      if (key.NumElements() != 1 || counter.NumElements() != 2) {
+        return InvalidArgument("`key` must have 1 element and `counter` 2");
+      }
+      in->random.enabled = true;
+      in->random.alpha = alpha_;
+      in->random.granularity = granularity_;
+      in->random.uniforms = Uniforms(key.flat<uint64_t>().data(),
+                                     counter.flat<uint64_t>().data());
+      return Status();
+    }
     if (!gated_) {
       TF_RETURN_IF_ERROR(in->weight_view.Init(
           weight.shape(), g.OutputShape(channels_last_), channels_last_,
@@ -656,6 +877,9 @@ class MixedOp : public WindowOp {
   }
 
   bool gated_ = false;
+  bool random_ = false;
+  float alpha_ = 0.5f;
+  int granularity_ = 0;
 };
 
 template <typename T>
@@ -669,7 +893,8 @@ class MixedPoolOp : public MixedOp {
     OP_REQUIRES_OK(ctx, MakeGeometry(x.shape(), &g));
     MixInputs<T> in;
     in.x = x.flat<T>().data();
-    OP_REQUIRES_OK(ctx, Mixing(ctx->input(1), ctx->input(2), g, &in));
+    OP_REQUIRES_OK(ctx, Mixing(ctx->input(1), ctx->input(2), ctx->input(3),
+                               ctx->input(4), g, &in));
     const TensorShape shape = g.OutputShape(channels_last_);
     Tensor *y = nullptr, *index = nullptr, *difference = nullptr,
            *gate = nullptr;
@@ -677,11 +902,12 @@ class MixedPoolOp : public MixedOp {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, shape, &index));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, shape, &difference));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            3, gated_ ? shape : TensorShape({0}), &gate));
+                            3, gated_ || random_ ? shape : TensorShape({0}),
+                            &gate));
     T* yp = y->flat<T>().data();
     int32_t* ip = index->flat<int32_t>().data();
     T* dp = difference->flat<T>().data();
-    T* gp = gated_ ? gate->flat<T>().data() : nullptr;
+    T* gp = gated_ || random_ ? gate->flat<T>().data() : nullptr;
     ForEachOutput(ctx, g, [&](int64_t start, int64_t limit) {
       if (channels_last_) {
         MixedPoolShard<T, true>(g, in, yp, ip, dp, gp, start, limit);
@@ -712,16 +938,19 @@ void MixedPoolGradExample(const Geometry& g, const MixGradInputs<T>& in,
   const MixInputs<T>& mix = in.mix;
   const T* xn = mix.x + n * g.in_example;
   const int64_t kc = mix.kernel_channels;
-  A* kg = mix.kernel ? kernel_grad + n * g.window * kc : nullptr;
+  // The kernel's gradient is summed per channel (a sum over channels does
+  // not vectorize without reassociating), then over channels for a (window,
+  // 1) kernel.
+  std::vector<A> per_channel(mix.kernel ? g.window * C : 0, A(0));
   std::vector<A> to_max(C), to_each(C), to_gate(C);
   for (int64_t o = 0; o < g.out_cells; ++o) {
     int64_t count = 0;
     g.ForEachCell(o, [&](int64_t, int64_t) { ++count; });
     const A inverse = A(1) / static_cast<A>(count);
     const int64_t out = n * g.out_example + g.OutputOffset(o);
-    const T* weight = mix.kernel ? in.gate + out
-                                 : mix.weight + mix.weight_view.Base(g, n, o);
-    const int64_t wcs = mix.kernel ? ocs : mix.weight_view.ChannelStride();
+    const T* weight = in.gate ? in.gate + out
+                              : mix.weight + mix.weight_view.Base(g, n, o);
+    const int64_t wcs = in.gate ? ocs : mix.weight_view.ChannelStride();
     const T* __restrict__ up = in.upstream + out;
     const T* __restrict__ dp = in.difference + out;
     for (int64_t c = 0; c < C; ++c) {
@@ -746,15 +975,13 @@ void MixedPoolGradExample(const Geometry& g, const MixGradInputs<T>& in,
       if (!mix.kernel) return;
       const T* __restrict__ xp = xn + offset;
       const T* w = mix.kernel + j * kc;
-      A* kgj = kg + j * kc;
+      A* __restrict__ kgj = per_channel.data() + j * C;
       if (kc == 1) {
         const A w0 = static_cast<A>(w[0]);
-        A dot = A(0);
         for (int64_t c = 0; c < C; ++c) {
           sp[c * ics] += to_gate[c] * w0;
-          dot += to_gate[c] * static_cast<A>(xp[c * ics]);
+          kgj[c] += to_gate[c] * static_cast<A>(xp[c * ics]);
         }
-        kgj[0] += dot;
       } else {
         for (int64_t c = 0; c < C; ++c) {
           sp[c * ics] += to_gate[c] * static_cast<A>(w[c]);
@@ -762,6 +989,18 @@ void MixedPoolGradExample(const Geometry& g, const MixGradInputs<T>& in,
         }
       }
     });
+  }
+  if (!mix.kernel) return;
+  A* kg = kernel_grad + n * g.window * kc;
+  for (int64_t j = 0; j < g.window; ++j) {
+    const A* kgj = per_channel.data() + j * C;
+    if (kc == 1) {
+      A total = A(0);
+      for (int64_t c = 0; c < C; ++c) total += kgj[c];
+      kg[j] = total;
+    } else {
+      std::copy(kgj, kgj + C, kg + j * C);
+    }
   }
 }
 
@@ -778,17 +1017,21 @@ class MixedPoolGradOp : public MixedOp {
     OP_REQUIRES_OK(ctx, MakeGeometry(x.shape(), &g));
     MixGradInputs<T> in;
     in.mix.x = x.flat<T>().data();
-    OP_REQUIRES_OK(ctx, Mixing(ctx->input(4), ctx->input(6), g, &in.mix));
     const TensorShape shape = g.OutputShape(channels_last_);
+    const Tensor& gate = ctx->input(5);
+    if (gate.NumElements() == 0 || gated_) {
+      OP_REQUIRES_OK(ctx, Mixing(ctx->input(4), ctx->input(6), Tensor(),
+                                 Tensor(), g, &in.mix));
+    }
     OP_REQUIRES_OK(ctx, CheckShape(ctx->input(1), shape, "index"));
     OP_REQUIRES_OK(ctx, CheckShape(ctx->input(2), shape, "upstream"));
     OP_REQUIRES_OK(ctx, CheckShape(ctx->input(3), shape, "difference"));
     in.index = ctx->input(1).flat<int32_t>().data();
     in.upstream = ctx->input(2).flat<T>().data();
     in.difference = ctx->input(3).flat<T>().data();
-    if (gated_) {
-      OP_REQUIRES_OK(ctx, CheckShape(ctx->input(5), shape, "gate"));
-      in.gate = ctx->input(5).flat<T>().data();
+    if (gated_ || gate.NumElements() != 0) {
+      OP_REQUIRES_OK(ctx, CheckShape(gate, shape, "gate"));
+      in.gate = gate.flat<T>().data();
     }
     Tensor *dx = nullptr, *weight_product = nullptr, *kernel_grad = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));

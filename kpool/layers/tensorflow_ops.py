@@ -256,39 +256,54 @@ def min_pool(layer, inputs):
     return forward(inputs)
 
 
-def mixed_pool(layer, inputs, mixing=None, choose=False, gate_kernel=None):
+def mixed_pool(layer, inputs, mixing=None, gate_kernel=None):
     """Mixed pooling's `avg + a * (max - avg)` in one pass over the windows.
 
-    `a` is `mixing` (broadcast against the output; with `choose`, boolean:
-    the output is exactly `max` where it is true and `avg` elsewhere), or,
-    with `gate_kernel` (`(window,)` or `(window, channels)`),
-    `sigmoid(gate_kernel . window)`, computed by the kernel in the same
-    pass. The gradient takes one more: max pooling's of `a * upstream` plus
-    average pooling's of `(1 - a) * upstream` (plus, gated, the gate's).
-    `mixing` gets `sum(upstream * (max - avg))` over the axes it is
-    broadcast along; a boolean one gets none.
+    `a` is `mixing` (broadcast against the output), or, with `gate_kernel`
+    (`(window,)` or `(window, channels)`), `sigmoid(gate_kernel . window)`,
+    computed by the kernel in the same pass, or, with neither (the random
+    mode in training), 1 (exactly `max`) where a uniform draw is below
+    `layer.alpha` and 0 (exactly `avg`) elsewhere, one draw per unit of
+    `layer.granularity`: the kernel draws the numbers
+    `MixedPooling._draw_max_choices` would, from the same seed. The gradient
+    takes one more pass: max pooling's of `a * upstream` plus average
+    pooling's of `(1 - a) * upstream` (plus, gated, the gate's). `mixing`
+    gets `sum(upstream * (max - avg))` over the axes it is broadcast along.
     """
     import tensorflow as tf
 
-    attrs = _window_attrs(layer)
+    window_attrs = _window_attrs(layer)
+    attrs = dict(window_attrs)
     gated = gate_kernel is not None
-    second = gate_kernel if gated else tf.convert_to_tensor(mixing)
+    random = not gated and mixing is None
+    if random:
+        key, counter = philox_key_counter(layer.seed_generator)
+        attrs.update(
+            random=True, alpha=layer.alpha, granularity=layer.granularity
+        )
+    else:
+        key = tf.zeros([1], tf.uint64)
+        counter = tf.zeros([2], tf.uint64)
+    if gated:
+        second = gate_kernel
+    else:
+        second = tf.convert_to_tensor(0.0 if random else mixing)
 
     @tf.custom_gradient
     def mix(x, second):
         x5 = _to_5d(layer, x)
+        weight = tf.zeros([1] * 5, x.dtype)
+        kernel = tf.zeros([0, 1], x.dtype)
         if gated:
-            weight = tf.zeros([1] * 5, x.dtype)
             kernel = tf.reshape(second, [math.prod(layer.pool_size), -1])
-        else:
+        elif not random:
             weight = _broadcast_5d(layer, tf.cast(second, x.dtype))
-            kernel = tf.zeros([0, 1], x.dtype)
         y, index, difference, gate = library().kpool_mixed_pool(
-            x5, weight, kernel, gated=gated, **attrs
+            x5, weight, kernel, key, counter, gated=gated, **attrs
         )
 
         def grad(upstream):
-            weight_grad = not (gated or choose)
+            weight_grad = not (gated or random)
             dx, product, kernel_grad = library().kpool_mixed_pool_grad(
                 x5,
                 index,
@@ -300,7 +315,7 @@ def mixed_pool(layer, inputs, mixing=None, choose=False, gate_kernel=None):
                 gated=gated,
                 weight_grad=weight_grad,
                 Tgrad=tf.float64 if x.dtype == tf.float64 else tf.float32,
-                **attrs,
+                **window_attrs,
             )
             dx = _from_5d(layer, dx)
             if gated:
@@ -308,8 +323,8 @@ def mixed_pool(layer, inputs, mixing=None, choose=False, gate_kernel=None):
                 return dx, tf.cast(
                     tf.reshape(kernel_grad, tf.shape(second)), second.dtype
                 )
-            if choose:
-                return dx, None
+            if random:
+                return dx, tf.zeros_like(second)
             return dx, tensorflow_kernels.sum_to_shape(
                 _from_5d(layer, product), second
             )
@@ -317,6 +332,16 @@ def mixed_pool(layer, inputs, mixing=None, choose=False, gate_kernel=None):
         return _from_5d(layer, y), grad
 
     return mix(inputs, second)
+
+
+def philox_key_counter(seed_generator):
+    """The Philox key and counter of `tensorflow_kernels.uniform`'s next
+    draw from `seed_generator` (advancing it, as a draw does)."""
+    from tensorflow.python.ops import random_ops_util
+
+    seed = tensorflow_kernels._int32_seed(seed_generator.next())
+    key, counter, _ = random_ops_util.get_key_counter_alg(seed, "philox")
+    return key, counter
 
 
 def stochastic_sample(layer, inputs, uniform):
