@@ -968,23 +968,27 @@ void MixedPoolGradExample(const Geometry& g, const MixGradInputs<T>& in,
     g.ForEachCell(o, [&](int64_t j, int64_t offset) {
       A* __restrict__ sp = sum_dx + offset;
       const int32_t position = static_cast<int32_t>(j);
-      for (int64_t c = 0; c < C; ++c) {
-        sp[c * ics] +=
-            (ip[c * ocs] == position ? to_max[c] : A(0)) + to_each[c];
+      if (!mix.kernel) {
+        for (int64_t c = 0; c < C; ++c) {
+          sp[c * ics] +=
+              (ip[c * ocs] == position ? to_max[c] : A(0)) + to_each[c];
+        }
+        return;
       }
-      if (!mix.kernel) return;
       const T* __restrict__ xp = xn + offset;
       const T* w = mix.kernel + j * kc;
       A* __restrict__ kgj = per_channel.data() + j * C;
       if (kc == 1) {
         const A w0 = static_cast<A>(w[0]);
         for (int64_t c = 0; c < C; ++c) {
-          sp[c * ics] += to_gate[c] * w0;
+          sp[c * ics] += (ip[c * ocs] == position ? to_max[c] : A(0)) +
+                         to_each[c] + to_gate[c] * w0;
           kgj[c] += to_gate[c] * static_cast<A>(xp[c * ics]);
         }
       } else {
         for (int64_t c = 0; c < C; ++c) {
-          sp[c * ics] += to_gate[c] * static_cast<A>(w[c]);
+          sp[c * ics] += (ip[c * ocs] == position ? to_max[c] : A(0)) +
+                         to_each[c] + to_gate[c] * static_cast<A>(w[c]);
           kgj[c] += to_gate[c] * static_cast<A>(xp[c * ics]);
         }
       }
