@@ -332,6 +332,7 @@ def benchmark_layers(
     compile_modes = compile_modes or list(COMPILE_MODES[backend])
     inputs = keras.random.normal(batch_shape, dtype=dtype, seed=0)
     env = environment()
+    kernels = tensorflow_kernels()
     rows = []
     for pool_size, strides in pools:
         window = dict(pool_size=pool_size, strides=strides, padding=padding)
@@ -364,6 +365,7 @@ def benchmark_layers(
                         "compile_mode": compile_mode,
                         "default_compile_mode": compile_mode
                         == default_compile_mode(),
+                        "tf_kernels": "" if compile_mode == "xla" else kernels,
                         "batch_shape": "x".join(map(str, batch_shape)),
                         "median_ms": round(candidate_ms, 4),
                         "maxpool_median_ms": round(max_ms, 4),
@@ -387,6 +389,7 @@ def benchmark_layers(
 _CASE_KEYS = ("layer", "mode_phase", "pool", "compile_mode")
 _KEPT_KEYS = (
     "default_compile_mode",
+    "tf_kernels",
     "batch_shape",
     "repeats",
     "dtype",
@@ -436,7 +439,7 @@ def summarize_runs(rows):
                 ),
                 "goal_ratio": goal,
                 "meets_goal": None if goal is None else ratio <= goal,
-                **{k: first[k] for k in _KEPT_KEYS},
+                **{k: first.get(k, "") for k in _KEPT_KEYS},
                 "first_date": min(r["date"] for r in runs),
                 "last_date": max(r["date"] for r in runs),
             }
@@ -558,6 +561,9 @@ def benchmark_model_fit(
                     "pool": f"{pool_size}x{pool_size}/s{strides}/{padding}",
                     "jit_compile": jit_compile,
                     "resolved_jit_compile": resolved_jit_compile,
+                    "tf_kernels": ""
+                    if resolved_jit_compile
+                    else tensorflow_kernels(),
                     "batch_size": batch_size,
                     "steps": steps,
                     "median_ms_per_step": round(step_ms, 4),
@@ -569,6 +575,24 @@ def benchmark_model_fit(
                 }
             )
     return rows
+
+
+def tensorflow_kernels():
+    """What the layers run on TensorFlow outside XLA: `"fused"` (the
+    compiled kernels of `kpool.layers.tensorflow_ops`) or `"built-in ops"`
+    (`tensorflow_kernels`, where those cannot be built or are turned off);
+    `""` on the other backends."""
+    if keras.backend.backend() != "tensorflow":
+        return ""
+    from kpool.layers import tensorflow_ops
+
+    if (
+        tensorflow_ops.choice() != "0"
+        and not has_gpu()
+        and tensorflow_ops.library() is not None
+    ):
+        return "fused"
+    return "built-in ops"
 
 
 def device_name():

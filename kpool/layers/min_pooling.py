@@ -12,8 +12,10 @@ class MinPooling(BasePooling):
     `MaxPooling*D` plus a negation of the input, the gradient reaches the
     minimal element of each window, and under `"same"` a padded cell is
     never the result (the built-in pads max pooling with `-inf`, which `-x`
-    turns into `+inf`). On TensorFlow the gradient skips the negation
-    autodiff would add (`tensorflow_kernels.min_pool`).
+    turns into `+inf`). On TensorFlow outside XLA on a CPU a fused kernel
+    computes the same values in one pass (`tensorflow_ops`); where it cannot
+    be built, the gradient skips the negation autodiff would add
+    (`tensorflow_kernels.min_pool`).
 
     Under `"valid"` the output has `floor((n - pool_size) / strides) + 1`
     cells along a spatial dim of size `n`; under `"same"`, `ceil(n / strides)`.

@@ -53,8 +53,9 @@ class MixedPooling(BasePooling):
 
     Gradients reach both the max and the average paths (weighted by `a`)
     and, in the learned and gated modes, `a` itself. (On TensorFlow outside
-    XLA they are hand-written, with the same values:
-    `tensorflow_kernels.mixed_pool`.)
+    XLA on a CPU, fused kernels compute the same values, drawing the random
+    mode's choices from the same seed: `tensorflow_ops`; where they cannot
+    be built, the gradients are hand-written: `tensorflow_kernels`.)
 
     Under `"valid"` the output has `floor((n - pool_size) / strides) + 1`
     cells along a spatial dim of size `n`; under `"same"`, `ceil(n / strides)`.

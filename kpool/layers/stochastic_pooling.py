@@ -28,11 +28,12 @@ class StochasticPooling(BasePooling):
     per output cell and samples by inverting the window's cumulative sum:
     with `c_j` the running sum of the window's elements in row-major order,
     the output is the `a_j` with `c_{j-1} <= u * c_last < c_j`. The
-    gradient reaches only the sampled element. (On TensorFlow outside XLA,
-    overlapping windows are sampled by
-    `tensorflow_kernels.stochastic_sample`, which draws the same `u` and
-    picks the same elements, and both phases take hand-written gradients
-    with the same values; see `tensorflow_kernels`.) Both are computed in
+    gradient reaches only the sampled element. (On TensorFlow outside XLA
+    on a CPU, fused kernels sample with the same `u` and pick the same
+    elements: `tensorflow_ops`; where they cannot be built, overlapping
+    windows are sampled by `tensorflow_kernels.stochastic_sample`, and both
+    phases take hand-written gradients with the same values.) Both are
+    computed in
     float32 when the compute dtype is float16 or bfloat16 (`a**2` overflows
     float16, and a bfloat16 uniform has only 8 bits), then cast back to the
     compute dtype.
@@ -82,13 +83,8 @@ class StochasticPooling(BasePooling):
         if dtype in ("float16", "bfloat16"):
             dtype = "float32"
         inputs = ops.cast(inputs, dtype)
-        # On TensorFlow outside XLA (measured on TF-CPU,
-        # results/layers/PROFILE.md): where windows overlap, the gradient of
-        # the window extraction dominates and the kernel's scatter replaces
-        # it; where they tile the input, the extraction is a reshape and the
-        # kernel writes the gradient in the input's layout, the upstream
-        # gradient broadcast over each window; other disjoint windows keep
-        # the plain ops, faster there than the scatter.
+        # TensorFlow outside XLA on a CPU: one fused pass over the windows
+        # each way.
         if tensorflow_ops.applies():
             if training:
                 outputs = tensorflow_ops.stochastic_sample(
@@ -97,6 +93,13 @@ class StochasticPooling(BasePooling):
             else:
                 outputs = tensorflow_ops.stochastic_expectation(self, inputs)
             return ops.cast(outputs, self.compute_dtype)
+        # Otherwise, outside XLA (measured on TF-CPU,
+        # results/layers/PROFILE.md): where windows overlap, the gradient of
+        # the window extraction dominates and the kernel's scatter replaces
+        # it; where they tile the input, the extraction is a reshape and the
+        # kernel writes the gradient in the input's layout, the upstream
+        # gradient broadcast over each window; other disjoint windows keep
+        # the plain ops, faster there than the scatter.
         overlapping = any(
             k > s for k, s in zip(self.pool_size, self.strides, strict=True)
         )

@@ -1,5 +1,10 @@
 """TensorFlow-only kernels for the layers, where `keras.ops` is too slow.
 
+On a CPU the layers first try `tensorflow_ops`, compiled kernels that fuse
+each layer into one pass each way; these, built from TensorFlow's own ops,
+serve where those cannot be built (no compiler) or run (a GPU), and
+`uniform` everywhere.
+
 The layers are written in `keras.ops`. On TensorFlow outside XLA (Keras's
 default on a CPU) every op is its own kernel: nothing fuses, and the
 gradients that TensorFlow derives for the window extraction and the

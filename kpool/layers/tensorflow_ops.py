@@ -7,13 +7,14 @@ gets that far with built-in ops). `tensorflow_ops.cc` computes each layer's
 forward pass in one pass over its windows and its gradient in one more.
 
 The library is compiled against the installed TensorFlow the first time a
-layer needs it (about 30 s; a C++17 compiler, `$CXX` or `c++`) and cached
-under `$KPOOL_CACHE_DIR` (default `~/.cache/kpool`), keyed by the source,
-TensorFlow's version and the compiler flags, so each later process only
-loads it. Where it cannot be built or loaded (no compiler, a TensorFlow
-without headers), a warning says why and the layers use
-`tensorflow_kernels`, with the same values. The kernels run on the CPU: with
-a GPU visible they are not used.
+layer needs it (about 25 s on a 2-core CPU; a C++17 compiler, `$CXX` or
+`c++`; `-march=native` on x86-64) and cached under `$KPOOL_CACHE_DIR`
+(default `~/.cache/kpool`), keyed by the source, TensorFlow's version, the
+compiler flags and the CPU's features, so each later process only loads
+it. Where it cannot be built or loaded (no compiler, a TensorFlow without
+headers), a warning says why and the layers use `tensorflow_kernels`, with
+the same values. The kernels run on the CPU: with a GPU visible they are
+not used.
 
 `KPOOL_TF_OPS` chooses: `auto` (default) as above, `0` never use them, `1`
 use them and raise if they cannot be built (CI sets it where a compiler is

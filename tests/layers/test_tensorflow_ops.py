@@ -256,3 +256,11 @@ def test_a_window_larger_than_the_input_is_an_error():
             padding="VALID",
             data_format="NDHWC",
         )
+
+
+def test_benchmarks_record_which_kernels_ran(monkeypatch):
+    from kpool import bench
+
+    assert bench.tensorflow_kernels() == "fused"
+    monkeypatch.setenv("KPOOL_TF_OPS", "0")
+    assert bench.tensorflow_kernels() == "built-in ops"
