@@ -264,3 +264,43 @@ def test_benchmarks_record_which_kernels_ran(monkeypatch):
     assert bench.tensorflow_kernels() == "fused"
     monkeypatch.setenv("KPOOL_TF_OPS", "0")
     assert bench.tensorflow_kernels() == "built-in ops"
+
+
+# Shapes the window cases leave out: many channels (the kernels work on
+# blocks of channels, and draw the random mode's numbers 64 at a time),
+# strides longer than the window (cells in no window), uneven windows.
+OTHER_SHAPES = {
+    "70-channels-last": (
+        2,
+        dict(pool_size=3, strides=2, padding="valid"),
+        "channels_last",
+        70,
+    ),
+    "70-channels-first": (
+        2,
+        dict(pool_size=2, strides=2, padding="same"),
+        "channels_first",
+        70,
+    ),
+    "gaps": (2, dict(pool_size=2, strides=3, padding="valid"), None, 5),
+    "uneven-3d": (
+        3,
+        dict(pool_size=(3, 1, 2), strides=(1, 2, 2), padding="same"),
+        None,
+        4,
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("shape", list(OTHER_SHAPES))
+def test_fused_kernels_on_other_shapes(rng, monkeypatch, variant, shape):
+    rank, args, data_format, channels = OTHER_SHAPES[shape]
+    data_format = data_format or "channels_last"
+    args = {**args, "data_format": data_format}
+    x = rng.standard_normal(
+        input_shape(rank, data_format, batch=3, channels=channels)
+    ).astype("float32")
+    # The gate kernel's gradient sums ~100 products of either sign, in
+    # another order than autodiff's: absolute errors of a few 1e-6.
+    compare(variant, rank, args, x, monkeypatch, 1e-5, 1e-5)
