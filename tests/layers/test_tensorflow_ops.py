@@ -304,3 +304,15 @@ def test_fused_kernels_on_other_shapes(rng, monkeypatch, variant, shape):
     # The gate kernel's gradient sums ~100 products of either sign, in
     # another order than autodiff's: absolute errors of a few 1e-6.
     compare(variant, rank, args, x, monkeypatch, 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("variant", ["gated-channel", "stochastic-training"])
+def test_fused_kernels_are_deterministic(rng, monkeypatch, variant):
+    # Enough examples and channels that the work is split over threads.
+    args = dict(pool_size=3, strides=2, padding="same")
+    x = rng.standard_normal((16, 17, 15, 32)).astype("float32")
+    first, second = (
+        compare(variant, 2, args, x, monkeypatch, 1e-5, 1e-5) for _ in range(2)
+    )
+    for got, expected in zip(first, second, strict=True):
+        np.testing.assert_array_equal(got, expected)
