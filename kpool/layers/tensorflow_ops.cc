@@ -765,40 +765,47 @@ void MixedPoolShard(const Geometry& g, const MixInputs<T>& in, T* y,
     A* __restrict__ wp = where.data();
     A* __restrict__ sp = sum.data();
     A* __restrict__ gp = gate.data();
-    if (in.kernel) gate.setZero();
+    // One loop over the channels per cell: maximum, its position, sum and,
+    // gated, the gate's logit (`kGate`: 0 none, 1 one weight per cell, 2 one
+    // per cell and channel).
     int64_t count = 0;
-    g.ForEachCell(o, [&](int64_t j, int64_t offset) {
-      const T* __restrict__ xp = xn + offset;
-      const A position = static_cast<A>(j);
-      if (count++ == 0) {
-        for (int64_t c = 0; c < C; ++c) {
-          const A v = static_cast<A>(xp[c * ics]);
-          bp[c] = v;
-          wp[c] = position;
-          sp[c] = v;
+    auto visit = [&](auto gate_kind) {
+      constexpr int kGate = decltype(gate_kind)::value;
+      g.ForEachCell(o, [&](int64_t j, int64_t offset) {
+        const T* __restrict__ xp = xn + offset;
+        const A position = static_cast<A>(j);
+        const T* __restrict__ w =
+            kGate ? in.kernel + j * in.kernel_channels : nullptr;
+        const A w0 = kGate == 1 ? static_cast<A>(w[0]) : A(0);
+        if (count++ == 0) {
+          for (int64_t c = 0; c < C; ++c) {
+            const A v = static_cast<A>(xp[c * ics]);
+            bp[c] = v;
+            wp[c] = position;
+            sp[c] = v;
+            if (kGate == 1) gp[c] = w0 * v;
+            if (kGate == 2) gp[c] = static_cast<A>(w[c]) * v;
+          }
+          return;
         }
-      } else {
         for (int64_t c = 0; c < C; ++c) {
           const A v = static_cast<A>(xp[c * ics]);
           const bool higher = v > bp[c];
           bp[c] = higher ? v : bp[c];
           wp[c] = higher ? position : wp[c];
           sp[c] += v;
+          if (kGate == 1) gp[c] += w0 * v;
+          if (kGate == 2) gp[c] += static_cast<A>(w[c]) * v;
         }
-      }
-      if (!in.kernel) return;
-      const T* w = in.kernel + j * in.kernel_channels;
-      if (in.kernel_channels == 1) {
-        const A w0 = static_cast<A>(w[0]);
-        for (int64_t c = 0; c < C; ++c) {
-          gp[c] += w0 * static_cast<A>(xp[c * ics]);
-        }
-      } else {
-        for (int64_t c = 0; c < C; ++c) {
-          gp[c] += static_cast<A>(w[c]) * static_cast<A>(xp[c * ics]);
-        }
-      }
-    });
+      });
+    };
+    if (!in.kernel) {
+      visit(std::integral_constant<int, 0>());
+    } else if (in.kernel_channels == 1) {
+      visit(std::integral_constant<int, 1>());
+    } else {
+      visit(std::integral_constant<int, 2>());
+    }
     // Eigen's exp vectorizes.
     if (in.kernel) gate = A(1) / (A(1) + (-gate).exp());
     const A inverse = A(1) / static_cast<A>(count);
