@@ -32,7 +32,7 @@ class MinPooling(BasePooling):
     """
 
     def call(self, inputs):
-        if tensorflow_ops.applies():
+        if tensorflow_ops.applies(self):
             return tensorflow_ops.min_pool(self, inputs)
         if keras.config.backend() == "tensorflow":
             return tensorflow_kernels.min_pool(inputs, self._max_pool)

@@ -157,7 +157,7 @@ class MixedPooling(BasePooling):
         # where they cannot be built, hand-written gradients over built-in
         # ops (`tensorflow_kernels`; random-mode inference mixes with the
         # constant `alpha` and needs none).
-        fused = tensorflow_ops.applies()
+        fused = tensorflow_ops.applies(self)
         if fused and self.mode == "gated":
             kernel = ops.cast(self.gate_kernel, inputs.dtype)
             return tensorflow_ops.mixed_pool(self, inputs, gate_kernel=kernel)

@@ -85,7 +85,7 @@ class StochasticPooling(BasePooling):
         inputs = ops.cast(inputs, dtype)
         # TensorFlow outside XLA on a CPU: one fused pass over the windows
         # each way.
-        if tensorflow_ops.applies():
+        if tensorflow_ops.applies(self):
             if training:
                 outputs = tensorflow_ops.stochastic_sample(
                     self, inputs, self._draw_uniform(inputs)

@@ -53,6 +53,12 @@ using ::tensorflow::shape_inference::ShapeHandle;
 
 constexpr int kSpatial = 3;
 
+// Window positions are stored in one byte: a window has at most
+// `kMaxWindow` cells, and `kNoIndex` marks a window with none (stochastic
+// pooling of a window without a positive input).
+constexpr int64_t kMaxWindow = 255;
+constexpr uint8_t kNoIndex = 255;
+
 // float for float, float16 and bfloat16; double for double.
 template <typename T>
 using Acc = typename std::conditional<std::is_same<T, double>::value, double,
@@ -186,6 +192,11 @@ class WindowOp : public OpKernel {
       g->out_cells *= g->out[d];
       g->window *= k;
     }
+    if (g->window > kMaxWindow) {
+      return InvalidArgument("a window of " + std::to_string(g->window) +
+                             " cells; the kernels take at most " +
+                             std::to_string(kMaxWindow));
+    }
     const int64_t c = g->channels;
     const int64_t inner_in = channels_last_ ? c : 1;
     const int64_t inner_out = channels_last_ ? c : 1;
@@ -263,13 +274,13 @@ Status PooledShape(InferenceContext* c, int output_count) {
 REGISTER_OP("KpoolMinPool")
     .Input("x: T")
     .Output("y: T")
-    .Output("index: int32")
+    .Output("index: uint8")
     .Attr("T: {half, bfloat16, float, double}")
     .KPOOL_WINDOW_ATTRS
     .SetShapeFn([](InferenceContext* c) { return PooledShape(c, 2); });
 
 template <typename T, bool kChannelsLast>
-void MinPoolShard(const Geometry& g, const T* x, T* y, int32_t* index,
+void MinPoolShard(const Geometry& g, const T* x, T* y, uint8_t* index,
                   int64_t start, int64_t limit) {
   using A = Acc<T>;
   const int64_t C = g.channels;
@@ -305,7 +316,7 @@ void MinPoolShard(const Geometry& g, const T* x, T* y, int32_t* index,
     const int64_t out = n * g.out_example + g.OutputOffset(o);
     for (int64_t c = 0; c < C; ++c) {
       y[out + c * ocs] = static_cast<T>(best[c]);
-      index[out + c * ocs] = static_cast<int32_t>(where[c]);
+      index[out + c * ocs] = static_cast<uint8_t>(where[c]);
     }
   }
 }
@@ -325,7 +336,7 @@ class MinPoolOp : public WindowOp {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, shape, &index));
     const T* xp = x.flat<T>().data();
     T* yp = y->flat<T>().data();
-    int32_t* ip = index->flat<int32_t>().data();
+    uint8_t* ip = index->flat<uint8_t>().data();
     ForEachOutput(ctx, g, [&](int64_t start, int64_t limit) {
       if (channels_last_) {
         MinPoolShard<T, true>(g, xp, yp, ip, start, limit);
@@ -420,11 +431,12 @@ struct Broadcast {
 
 // ---------------------------------------------------------------------------
 // KpoolScatterGrad: the gradient of KpoolMinPool and KpoolStochasticPool:
-// each window sends `upstream` to the cell at its `index` (none for -1).
+// each window sends `upstream` to the cell at its `index` (none for
+// `kNoIndex`).
 
 REGISTER_OP("KpoolScatterGrad")
     .Input("x: T")
-    .Input("index: int32")
+    .Input("index: uint8")
     .Input("upstream: T")
     .Output("dx: T")
     .Attr("T: {half, bfloat16, float, double}")
@@ -435,7 +447,7 @@ REGISTER_OP("KpoolScatterGrad")
     });
 
 template <typename T, bool kChannelsLast>
-void ScatterExample(const Geometry& g, const int32_t* index, const T* upstream,
+void ScatterExample(const Geometry& g, const uint8_t* index, const T* upstream,
                     int64_t n, Acc<T>* sum) {
   using A = Acc<T>;
   const int64_t C = g.channels;
@@ -443,11 +455,11 @@ void ScatterExample(const Geometry& g, const int32_t* index, const T* upstream,
   const int64_t ocs = kChannelsLast ? 1 : g.out_channel_stride;
   for (int64_t o = 0; o < g.out_cells; ++o) {
     const int64_t out = n * g.out_example + g.OutputOffset(o);
-    const int32_t* __restrict__ ip = index + out;
+    const uint8_t* __restrict__ ip = index + out;
     const T* __restrict__ up = upstream + out;
     g.ForEachCell(o, [&](int64_t j, int64_t offset) {
       A* __restrict__ sp = sum + offset;
-      const int32_t position = static_cast<int32_t>(j);
+      const uint8_t position = static_cast<uint8_t>(j);
       for (int64_t c = 0; c < C; ++c) {
         const A d = static_cast<A>(up[c * ocs]);
         sp[c * ics] += ip[c * ocs] == position ? d : A(0);
@@ -468,7 +480,7 @@ class ScatterGradOp : public WindowOp {
     const TensorShape shape = g.OutputShape(channels_last_);
     OP_REQUIRES_OK(ctx, CheckShape(ctx->input(1), shape, "index"));
     OP_REQUIRES_OK(ctx, CheckShape(ctx->input(2), shape, "upstream"));
-    const int32_t* index = ctx->input(1).flat<int32_t>().data();
+    const uint8_t* index = ctx->input(1).flat<uint8_t>().data();
     const T* upstream = ctx->input(2).flat<T>().data();
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
@@ -681,7 +693,7 @@ REGISTER_OP("KpoolMixedPool")
     .Input("key: uint64")
     .Input("counter: uint64")
     .Output("y: T")
-    .Output("index: int32")
+    .Output("index: uint8")
     .Output("difference: T")
     .Output("gate: T")
     .Attr("T: {half, bfloat16, float, double}")
@@ -711,7 +723,7 @@ REGISTER_OP("KpoolMixedPool")
 
 REGISTER_OP("KpoolMixedPoolGrad")
     .Input("x: T")
-    .Input("index: int32")
+    .Input("index: uint8")
     .Input("upstream: T")
     .Input("difference: T")
     .Input("weight: T")
@@ -746,7 +758,7 @@ struct MixInputs {
 
 template <typename T, bool kChannelsLast>
 void MixedPoolShard(const Geometry& g, const MixInputs<T>& in, T* y,
-                    int32_t* index, T* difference, T* gate_out, int64_t start,
+                    uint8_t* index, T* difference, T* gate_out, int64_t start,
                     int64_t limit) {
   using A = Acc<T>;
   using Array = Eigen::Array<A, Eigen::Dynamic, 1>;
@@ -825,7 +837,7 @@ void MixedPoolShard(const Geometry& g, const MixInputs<T>& in, T* y,
       const A mixed = avg + a * spread;
       y[out + c * ocs] =
           static_cast<T>(a == A(1) ? bp[c] : (a == A(0) ? avg : mixed));
-      index[out + c * ocs] = static_cast<int32_t>(wp[c]);
+      index[out + c * ocs] = static_cast<uint8_t>(wp[c]);
       difference[out + c * ocs] = static_cast<T>(spread);
       if (gate_out) gate_out[out + c * ocs] = static_cast<T>(a);
     }
@@ -912,7 +924,7 @@ class MixedPoolOp : public MixedOp {
                             3, gated_ || random_ ? shape : TensorShape({0}),
                             &gate));
     T* yp = y->flat<T>().data();
-    int32_t* ip = index->flat<int32_t>().data();
+    uint8_t* ip = index->flat<uint8_t>().data();
     T* dp = difference->flat<T>().data();
     T* gp = gated_ || random_ ? gate->flat<T>().data() : nullptr;
     ForEachOutput(ctx, g, [&](int64_t start, int64_t limit) {
@@ -929,7 +941,7 @@ template <typename T>
 struct MixGradInputs {
   MixInputs<T> mix;
   const T* gate = nullptr;  // Gated: `a` for each output cell.
-  const int32_t* index = nullptr;
+  const uint8_t* index = nullptr;
   const T* upstream = nullptr;
   const T* difference = nullptr;
 };
@@ -971,10 +983,10 @@ void MixedPoolGradExample(const Geometry& g, const MixGradInputs<T>& in,
         weight_product[out + c * ocs] = static_cast<T>(spread);
       }
     }
-    const int32_t* __restrict__ ip = in.index + out;
+    const uint8_t* __restrict__ ip = in.index + out;
     g.ForEachCell(o, [&](int64_t j, int64_t offset) {
       A* __restrict__ sp = sum_dx + offset;
-      const int32_t position = static_cast<int32_t>(j);
+      const uint8_t position = static_cast<uint8_t>(j);
       if (!mix.kernel) {
         for (int64_t c = 0; c < C; ++c) {
           sp[c * ics] +=
@@ -1037,7 +1049,7 @@ class MixedPoolGradOp : public MixedOp {
     OP_REQUIRES_OK(ctx, CheckShape(ctx->input(1), shape, "index"));
     OP_REQUIRES_OK(ctx, CheckShape(ctx->input(2), shape, "upstream"));
     OP_REQUIRES_OK(ctx, CheckShape(ctx->input(3), shape, "difference"));
-    in.index = ctx->input(1).flat<int32_t>().data();
+    in.index = ctx->input(1).flat<uint8_t>().data();
     in.upstream = ctx->input(2).flat<T>().data();
     in.difference = ctx->input(3).flat<T>().data();
     if (gated_ || gate.NumElements() != 0) {
@@ -1080,20 +1092,21 @@ class MixedPoolGradOp : public MixedOp {
 // KpoolStochasticPool: with `a = max(x, 0)`, running sums `c_j` over each
 // window's cells in row-major order and `u` in [0, 1) one per output cell,
 // the output is `a_j` for the first `j` with `u * c_last < c_j`, and `index`
-// is that `j`; a window with no positive cell outputs 0 with index -1.
+// is that `j`; a window with no positive cell outputs 0 with index
+// `kNoIndex`.
 
 REGISTER_OP("KpoolStochasticPool")
     .Input("x: T")
     .Input("u: T")
     .Output("y: T")
-    .Output("index: int32")
+    .Output("index: uint8")
     .Attr("T: {float, double}")
     .KPOOL_WINDOW_ATTRS
     .SetShapeFn([](InferenceContext* c) { return PooledShape(c, 2); });
 
 template <typename T, bool kChannelsLast>
 void StochasticPoolShard(const Geometry& g, const T* x, const T* u, T* y,
-                         int32_t* index, int64_t start, int64_t limit) {
+                         uint8_t* index, int64_t start, int64_t limit) {
   const int64_t C = g.channels;
   const int64_t ics = kChannelsLast ? 1 : g.in_channel_stride;
   const int64_t ocs = kChannelsLast ? 1 : g.out_channel_stride;
@@ -1118,7 +1131,7 @@ void StochasticPoolShard(const Geometry& g, const T* x, const T* u, T* y,
     }
     g.ForEachCell(o, [&](int64_t j, int64_t offset) {
       const T* xp = xn + offset;
-      const int32_t position = static_cast<int32_t>(j);
+      const uint8_t position = static_cast<uint8_t>(j);
       for (int64_t c = 0; c < C; ++c) {
         const T a = std::max(xp[c * ics], T(0));
         running[c] += a;
@@ -1129,7 +1142,8 @@ void StochasticPoolShard(const Geometry& g, const T* x, const T* u, T* y,
     });
     for (int64_t c = 0; c < C; ++c) {
       y[out + c * ocs] = value[c];
-      index[out + c * ocs] = where[c];
+      index[out + c * ocs] =
+          where[c] < 0 ? kNoIndex : static_cast<uint8_t>(where[c]);
     }
   }
 }
@@ -1155,7 +1169,7 @@ class StochasticPoolOp : public WindowOp {
     const T* xp = x.flat<T>().data();
     const T* up = u.flat<T>().data();
     T* yp = y->flat<T>().data();
-    int32_t* ip = index->flat<int32_t>().data();
+    uint8_t* ip = index->flat<uint8_t>().data();
     ForEachOutput(ctx, g, [&](int64_t start, int64_t limit) {
       if (channels_last_) {
         StochasticPoolShard<T, true>(g, xp, up, yp, ip, start, limit);

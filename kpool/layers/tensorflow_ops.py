@@ -50,13 +50,20 @@ def choice():
     return value
 
 
-def applies():
+# The kernels store a window position in a byte.
+MAX_WINDOW = 255
+
+
+def applies(layer=None):
     """Whether a layer should call the fused kernels here.
 
-    TensorFlow outside XLA, no GPU visible, and the library built and
+    TensorFlow outside XLA, no GPU visible, a window of at most
+    `MAX_WINDOW` cells (`layer`'s, if given), and the library built and
     loaded (building it the first time).
     """
     if not tensorflow_kernels.applies() or choice() == "0":
+        return False
+    if layer is not None and math.prod(layer.pool_size) > MAX_WINDOW:
         return False
     import tensorflow as tf
 

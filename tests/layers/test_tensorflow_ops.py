@@ -91,7 +91,7 @@ def run_layer(variant, rank, args, x, upstream, fused, monkeypatch):
         weight.assign(weights_rng.uniform(0.1, 0.9, weight.shape))
     with monkeypatch.context() as patch:
         if not fused:
-            patch.setattr(tensorflow_ops, "applies", lambda: False)
+            patch.setattr(tensorflow_ops, "applies", lambda layer=None: False)
         x = tf.constant(x)
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -316,3 +316,22 @@ def test_fused_kernels_are_deterministic(rng, monkeypatch, variant):
     )
     for got, expected in zip(first, second, strict=True):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_windows_over_255_cells_take_the_other_path(rng):
+    import tensorflow as tf
+
+    from kpool.layers import tensorflow_ops
+
+    # The kernels keep window positions in a byte.
+    layer = layers.MinPooling3D(pool_size=(8, 8, 4))  # 256 cells
+    assert not tensorflow_ops.applies(layer)
+    assert tensorflow_ops.applies(layers.MinPooling3D(pool_size=(5, 17, 3)))
+    x = rng.standard_normal((2, 8, 8, 4, 3)).astype("float32")
+    np.testing.assert_array_equal(
+        np.asarray(layer(x)), x.min(axis=(1, 2, 3), keepdims=True)
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at most 255"):
+        tensorflow_ops.library().kpool_min_pool(
+            tf.constant(x), ksize=[8, 8, 4], strides=[1, 1, 1], padding="VALID"
+        )
