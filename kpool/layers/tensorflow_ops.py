@@ -14,7 +14,7 @@ compiler flags and the CPU's features, so each later process only loads
 it. Where it cannot be built or loaded (no compiler, a TensorFlow without
 headers), a warning says why and the layers use `tensorflow_kernels`, with
 the same values. The kernels run on the CPU: with a GPU visible they are
-not used.
+not used, nor for windows of more than `MAX_WINDOW` cells.
 
 `KPOOL_TF_OPS` chooses: `auto` (default) as above, `0` never use them, `1`
 use them and raise if they cannot be built (CI sets it where a compiler is
