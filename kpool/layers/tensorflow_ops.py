@@ -129,8 +129,10 @@ def _architecture_flags():
     """Code for this machine's CPU on x86-64, whose baseline (SSE2) cannot
     vectorize the kernels' compare-and-select loops. The cache key holds the
     CPU's feature flags, so a shared cache never hands the library to a CPU
-    without them."""
-    if platform.machine().lower() in ("x86_64", "amd64"):
+    without them. `KPOOL_TF_OPS_BASELINE=1` builds for the baseline instead
+    (slower; the tests use it to check the code paths without AVX2)."""
+    baseline = os.environ.get("KPOOL_TF_OPS_BASELINE", "") == "1"
+    if platform.machine().lower() in ("x86_64", "amd64") and not baseline:
         return ["-march=native"]
     return []
 

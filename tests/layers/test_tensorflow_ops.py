@@ -11,6 +11,9 @@ requires them where it finds a compiler: `KPOOL_TF_OPS=1`).
 """
 
 import os
+import platform
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -335,3 +338,53 @@ def test_windows_over_255_cells_take_the_other_path(rng):
         tensorflow_ops.library().kpool_min_pool(
             tf.constant(x), ksize=[8, 8, 4], strides=[1, 1, 1], padding="VALID"
         )
+
+
+BASELINE_CHECK = """
+import numpy as np, tensorflow as tf
+from kpool import layers
+from kpool.layers import tensorflow_ops
+
+rng = np.random.default_rng(0)
+x = tf.constant(rng.standard_normal((3, 9, 7, 70)).astype("float32"))
+for kwargs in [dict(mode="random"), dict(mode="random", granularity="channel"),
+               dict(mode="gated")]:
+    results = []
+    for fused in (True, False):
+        tensorflow_ops.applies = (lambda f: lambda layer=None: f)(fused)
+        layer = layers.MixedPooling2D(3, 2, seed=5, **kwargs)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+        results.append((y, tape.gradient(y, x)))
+    for got, expected in zip(*results):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+print("baseline build agrees")
+"""
+
+
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"),
+    reason="the baseline build differs from the native one on x86-64 only",
+)
+def test_the_build_without_avx2_computes_the_same(tmp_path):
+    # Built for the x86-64 baseline, the kernels take their scalar paths
+    # (Philox one block at a time), in a fresh process: a second library
+    # cannot register the same ops in this one.
+    env = {
+        **os.environ,
+        "KPOOL_CACHE_DIR": str(tmp_path),
+        "KPOOL_TF_OPS": "1",
+        "KPOOL_TF_OPS_BASELINE": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", BASELINE_CHECK],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "baseline build agrees" in result.stdout
+    built = os.listdir(tmp_path / "tensorflow_ops")
+    assert len(built) == 1
