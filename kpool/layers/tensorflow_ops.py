@@ -17,8 +17,8 @@ the same values. The kernels run on the CPU: with a GPU visible they are
 not used, nor for windows of more than `MAX_WINDOW` cells.
 
 `KPOOL_TF_OPS` chooses: `auto` (default) as above, `0` never use them, `1`
-use them and raise if they cannot be built (CI sets it where a compiler is
-found, so the fused path is what the TensorFlow tests check).
+use them and raise if they cannot be built (`tests/run_all.sh` sets it
+where they build, so the fused path is what the TensorFlow tests check).
 """
 
 import hashlib

@@ -6,8 +6,8 @@ the `keras.ops` path in `test_tensorflow_kernels`). These run each layer
 both ways on every window case, with the same random draws, and compare the
 outputs and the gradients with respect to the input and every weight. The
 other layer tests check the fused path against NumPy references, since it
-is what the layers take on TensorFlow wherever the kernels build (CI
-requires them where it finds a compiler: `KPOOL_TF_OPS=1`).
+is what the layers take on TensorFlow wherever the kernels build
+(`tests/run_all.sh` then requires them: `KPOOL_TF_OPS=1`).
 """
 
 import os
