@@ -586,13 +586,7 @@ def tensorflow_kernels():
         return ""
     from kpool.layers import tensorflow_ops
 
-    if (
-        tensorflow_ops.choice() != "0"
-        and not has_gpu()
-        and tensorflow_ops.library() is not None
-    ):
-        return "fused"
-    return "built-in ops"
+    return "fused" if tensorflow_ops.applies() else "built-in ops"
 
 
 def device_name():

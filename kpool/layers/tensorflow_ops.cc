@@ -20,7 +20,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -225,6 +224,17 @@ class WindowOp : public OpKernel {
                         g.batch * g.out_cells, cost, work);
   }
 
+  // Calls `f` with the layout as a compile-time constant:
+  // `std::true_type` for channels_last, `std::false_type` otherwise.
+  template <typename F>
+  void WithLayout(F&& f) const {
+    if (channels_last_) {
+      f(std::true_type());
+    } else {
+      f(std::false_type());
+    }
+  }
+
   int64_t ksize_[kSpatial];
   int64_t strides_[kSpatial];
   bool same_ = false;
@@ -258,6 +268,12 @@ Status PooledShape(InferenceContext* c, int output_count) {
   }
   ShapeHandle pooled = c->MakeShape(dims);
   for (int i = 0; i < output_count; ++i) c->set_output(i, pooled);
+  return Status();
+}
+
+// Output shape: the input's (the gradient ops).
+Status InputShape(InferenceContext* c) {
+  c->set_output(0, c->input(0));
   return Status();
 }
 
@@ -338,11 +354,9 @@ class MinPoolOp : public WindowOp {
     T* yp = y->flat<T>().data();
     uint8_t* ip = index->flat<uint8_t>().data();
     ForEachOutput(ctx, g, [&](int64_t start, int64_t limit) {
-      if (channels_last_) {
-        MinPoolShard<T, true>(g, xp, yp, ip, start, limit);
-      } else {
-        MinPoolShard<T, false>(g, xp, yp, ip, start, limit);
-      }
+      WithLayout([&](auto last) {
+        MinPoolShard<T, decltype(last)::value>(g, xp, yp, ip, start, limit);
+      });
     });
   }
 };
@@ -441,10 +455,7 @@ REGISTER_OP("KpoolScatterGrad")
     .Output("dx: T")
     .Attr("T: {half, bfloat16, float, double}")
     .KPOOL_WINDOW_ATTRS
-    .SetShapeFn([](InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      return Status();
-    });
+    .SetShapeFn(InputShape);
 
 template <typename T, bool kChannelsLast>
 void ScatterExample(const Geometry& g, const uint8_t* index, const T* upstream,
@@ -484,15 +495,12 @@ class ScatterGradOp : public WindowOp {
     const T* upstream = ctx->input(2).flat<T>().data();
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
-    AccumulateExamples(ctx, g, dx->flat<T>().data(),
-                       [&](int64_t n, Acc<T>* sum) {
-                         if (channels_last_) {
-                           ScatterExample<T, true>(g, index, upstream, n, sum);
-                         } else {
-                           ScatterExample<T, false>(g, index, upstream, n,
-                                                    sum);
-                         }
-                       });
+    T* dxp = dx->flat<T>().data();
+    AccumulateExamples(ctx, g, dxp, [&](int64_t n, Acc<T>* sum) {
+      WithLayout([&](auto last) {
+        ScatterExample<T, decltype(last)::value>(g, index, upstream, n, sum);
+      });
+    });
   }
 };
 
@@ -928,11 +936,10 @@ class MixedPoolOp : public MixedOp {
     T* dp = difference->flat<T>().data();
     T* gp = gated_ || random_ ? gate->flat<T>().data() : nullptr;
     ForEachOutput(ctx, g, [&](int64_t start, int64_t limit) {
-      if (channels_last_) {
-        MixedPoolShard<T, true>(g, in, yp, ip, dp, gp, start, limit);
-      } else {
-        MixedPoolShard<T, false>(g, in, yp, ip, dp, gp, start, limit);
-      }
+      WithLayout([&](auto last) {
+        MixedPoolShard<T, decltype(last)::value>(
+            g, in, yp, ip, dp, gp, start, limit);
+      });
     });
   }
 };
@@ -1072,16 +1079,12 @@ class MixedPoolGradOp : public MixedOp {
       kgp = kernel_grad->flat<Acc<T>>().data();
       std::fill(kgp, kgp + kernel_grad->NumElements(), Acc<T>(0));
     }
-    AccumulateExamples(ctx, g, dx->flat<T>().data(),
-                       [&](int64_t n, Acc<T>* sum) {
-                         if (channels_last_) {
-                           MixedPoolGradExample<T, true>(g, in, wp, kgp, n,
-                                                         sum);
-                         } else {
-                           MixedPoolGradExample<T, false>(g, in, wp, kgp, n,
-                                                          sum);
-                         }
-                       });
+    T* dxp = dx->flat<T>().data();
+    AccumulateExamples(ctx, g, dxp, [&](int64_t n, Acc<T>* sum) {
+      WithLayout([&](auto last) {
+        MixedPoolGradExample<T, decltype(last)::value>(g, in, wp, kgp, n, sum);
+      });
+    });
   }
 
  private:
@@ -1171,11 +1174,10 @@ class StochasticPoolOp : public WindowOp {
     T* yp = y->flat<T>().data();
     uint8_t* ip = index->flat<uint8_t>().data();
     ForEachOutput(ctx, g, [&](int64_t start, int64_t limit) {
-      if (channels_last_) {
-        StochasticPoolShard<T, true>(g, xp, up, yp, ip, start, limit);
-      } else {
-        StochasticPoolShard<T, false>(g, xp, up, yp, ip, start, limit);
-      }
+      WithLayout([&](auto last) {
+        StochasticPoolShard<T, decltype(last)::value>(
+            g, xp, up, yp, ip, start, limit);
+      });
     });
   }
 };
@@ -1201,10 +1203,7 @@ REGISTER_OP("KpoolStochasticExpectationGrad")
     .Output("dx: T")
     .Attr("T: {float, double}")
     .KPOOL_WINDOW_ATTRS
-    .SetShapeFn([](InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      return Status();
-    });
+    .SetShapeFn(InputShape);
 
 // Per-channel sums of `a` and `a**2` over one window.
 template <typename T, bool kChannelsLast>
@@ -1256,11 +1255,10 @@ class StochasticExpectationOp : public WindowOp {
     const T* xp = x.flat<T>().data();
     T* yp = y->flat<T>().data();
     ForEachOutput(ctx, g, [&](int64_t start, int64_t limit) {
-      if (channels_last_) {
-        StochasticExpectationShard<T, true>(g, xp, yp, start, limit);
-      } else {
-        StochasticExpectationShard<T, false>(g, xp, yp, start, limit);
-      }
+      WithLayout([&](auto last) {
+        StochasticExpectationShard<T, decltype(last)::value>(
+            g, xp, yp, start, limit);
+      });
     });
   }
 };
@@ -1310,11 +1308,10 @@ class StochasticExpectationGradOp : public WindowOp {
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
     AccumulateExamples(ctx, g, dx->flat<T>().data(), [&](int64_t n, T* sum) {
-      if (channels_last_) {
-        StochasticExpectationGradExample<T, true>(g, xp, up, n, sum);
-      } else {
-        StochasticExpectationGradExample<T, false>(g, xp, up, n, sum);
-      }
+      WithLayout([&](auto last) {
+        StochasticExpectationGradExample<T, decltype(last)::value>(
+            g, xp, up, n, sum);
+      });
     });
   }
 };

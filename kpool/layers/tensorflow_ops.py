@@ -246,6 +246,18 @@ def _broadcast_5d(layer, tensor):
 
 def min_pool(layer, inputs):
     """Min pooling; the gradient goes to each window's minimum."""
+    return _indexed_pool(
+        layer, inputs, lambda x5, attrs: library().kpool_min_pool(x5, **attrs)
+    )
+
+
+def _indexed_pool(layer, inputs, pool):
+    """A pooling whose output is one cell of each window, and its gradient.
+
+    `pool(x5, attrs)` returns the 5D output and each window's `index` (the
+    position of the cell it output); the gradient sends the upstream
+    gradient there (`KpoolScatterGrad`).
+    """
     import tensorflow as tf
 
     attrs = _window_attrs(layer)
@@ -253,7 +265,7 @@ def min_pool(layer, inputs):
     @tf.custom_gradient
     def forward(x):
         x5 = _to_5d(layer, x)
-        y, index = library().kpool_min_pool(x5, **attrs)
+        y, index = pool(x5, attrs)
 
         def grad(upstream):
             dx = library().kpool_scatter_grad(
@@ -363,25 +375,14 @@ def stochastic_sample(layer, inputs, uniform):
     """
     import tensorflow as tf
 
-    attrs = _window_attrs(layer)
     uniform = tf.squeeze(uniform, layer._window_axis % len(uniform.shape))
-
-    @tf.custom_gradient
-    def sample(x):
-        x5 = _to_5d(layer, x)
-        y, index = library().kpool_stochastic_pool(
+    return _indexed_pool(
+        layer,
+        inputs,
+        lambda x5, attrs: library().kpool_stochastic_pool(
             x5, _to_5d(layer, uniform), **attrs
-        )
-
-        def grad(upstream):
-            dx = library().kpool_scatter_grad(
-                x5, index, _to_5d(layer, upstream), **attrs
-            )
-            return _from_5d(layer, dx)
-
-        return _from_5d(layer, y), grad
-
-    return sample(inputs)
+        ),
+    )
 
 
 def stochastic_expectation(layer, inputs):

@@ -134,20 +134,26 @@ def test_min_pool_kernel_matches_keras_ops_path(
     np.testing.assert_array_equal(kernel[1], keras_ops[1])
 
 
-def test_kernels_apply_outside_xla_only():
+def applies_by_mode(applies):
+    """`applies()` called in eager mode, in a graph and under XLA."""
     import tensorflow as tf
-
-    from kpool.layers import tensorflow_kernels
 
     seen = {}
 
     def probe(name):
-        seen[name] = tensorflow_kernels.applies()
+        seen[name] = applies()
         return tf.constant(0.0)
 
     probe("eager")
     tf.function(lambda: probe("graph"))()
     tf.function(lambda: probe("xla"), jit_compile=True)()
+    return seen
+
+
+def test_kernels_apply_outside_xla_only():
+    from kpool.layers import tensorflow_kernels
+
+    seen = applies_by_mode(tensorflow_kernels.applies)
     assert seen == {"eager": True, "graph": True, "xla": False}
 
 

@@ -22,7 +22,7 @@ import pytest
 from kpool import layers
 
 from .cases import TILED_SHAPES, input_shape, window_args
-from .test_tensorflow_kernels import ALL_CASES
+from .test_tensorflow_kernels import ALL_CASES, applies_by_mode
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -186,19 +186,9 @@ def test_graph_mode_matches_eager(rng):
 
 
 def test_fused_kernels_apply_outside_xla_only(monkeypatch):
-    import tensorflow as tf
-
     from kpool.layers import tensorflow_ops
 
-    seen = {}
-
-    def probe(name):
-        seen[name] = tensorflow_ops.applies()
-        return tf.constant(0.0)
-
-    probe("eager")
-    tf.function(lambda: probe("graph"))()
-    tf.function(lambda: probe("xla"), jit_compile=True)()
+    seen = applies_by_mode(tensorflow_ops.applies)
     assert seen == {"eager": True, "graph": True, "xla": False}
     monkeypatch.setenv("KPOOL_TF_OPS", "0")
     assert not tensorflow_ops.applies()
