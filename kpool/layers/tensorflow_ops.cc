@@ -690,9 +690,10 @@ struct RandomMixing {
 // `seed`), for `shape` the output's for `granularity` "region", (batch,
 // channels) for "channel" and (batch,) for "layer".
 // The unused ones of `weight`, `kernel` and `key`/`counter` are ignored.
-// `difference` is
-// `max - avg` and `gate` is `a` when gated or random (else empty): what the
-// gradient needs besides `index`.
+// For the gradient, `index` (the maximum's position) and `difference`
+// (`max - avg`), except gated (empty: the gradient computes them again
+// from `x`, which it reads anyway), and `choices` (`a`) with `random`, else
+// empty.
 
 REGISTER_OP("KpoolMixedPool")
     .Input("x: T")
@@ -703,26 +704,31 @@ REGISTER_OP("KpoolMixedPool")
     .Output("y: T")
     .Output("index: uint8")
     .Output("difference: T")
-    .Output("gate: T")
+    .Output("choices: T")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("gated: bool = false")
     .KPOOL_RANDOM_ATTRS
     .KPOOL_WINDOW_ATTRS
     .SetShapeFn([](InferenceContext* c) {
-      TF_RETURN_IF_ERROR(PooledShape(c, 3));
+      TF_RETURN_IF_ERROR(PooledShape(c, 4));
       bool gated;
       TF_RETURN_IF_ERROR(c->GetAttr("gated", &gated));
       bool random;
       TF_RETURN_IF_ERROR(c->GetAttr("random", &random));
-      c->set_output(3, gated || random ? c->output(0) : c->Vector(0));
+      if (gated) {
+        c->set_output(1, c->Vector(0));
+        c->set_output(2, c->Vector(0));
+      }
+      if (!random) c->set_output(3, c->Vector(0));
       return Status();
     });
 
 // KpoolMixedPoolGrad: the gradient of KpoolMixedPool for `upstream` `g`,
-// with `a` the `gate` it output (gated or random), else `weight`
-// (broadcast): each window
-// sends `g * a` to its maximum, `g * (1 - a) / count` to each of its cells
-// and, gated, `g * (max - avg) * a * (1 - a) * kernel[j, c]` to cell `j`.
+// with `a` the gate computed again from `x` and `kernel` (gated; `index`
+// and `difference` are then ignored), the `choices` (random), else
+// `weight` (broadcast): each window sends `g * a` to its maximum, `g * (1
+// - a) / count` to each of its cells and, gated, `g * (max - avg) * a * (1
+// - a) * kernel[j, c]` to cell `j`.
 // `weight_product` is `g * (max - avg)` (the gradient of `a`, before its
 // broadcast is summed) with `weight_grad`, else empty; `kernel_grad[n, j,
 // c]` sums `g * (max - avg) * a * (1 - a) * x_j` over example `n`'s windows
@@ -735,7 +741,7 @@ REGISTER_OP("KpoolMixedPoolGrad")
     .Input("upstream: T")
     .Input("difference: T")
     .Input("weight: T")
-    .Input("gate: T")
+    .Input("choices: T")
     .Input("kernel: T")
     .Output("dx: T")
     .Output("weight_product: T")
@@ -764,90 +770,200 @@ struct MixInputs {
   RandomMixing random;
 };
 
-template <typename T, bool kChannelsLast>
-void MixedPoolShard(const Geometry& g, const MixInputs<T>& in, T* y,
-                    uint8_t* index, T* difference, T* gate_out, int64_t start,
-                    int64_t limit) {
+// The cells of one output position's window that lie inside the input:
+// `j` (position in the whole window) and `offset`, as `ForEachCell` visits
+// them. Collected once per position, for the channel blocks to share.
+struct Cells {
+  int64_t count = 0;
+  uint8_t j[kMaxWindow];
+  int64_t offset[kMaxWindow];
+
+  void Collect(const Geometry& g, int64_t o) {
+    count = 0;
+    g.ForEachCell(o, [&](int64_t position, int64_t distance) {
+      j[count] = static_cast<uint8_t>(position);
+      offset[count] = distance;
+      ++count;
+    });
+  }
+};
+
+// Mixed pooling's running values over a window, for `width` channels from
+// `c0`: maximum, its position, sum and, gated, the gate's logit (`kGate`:
+// 0 none, 1 one weight per cell, 2 one per cell and channel).
+template <typename T, bool kChannelsLast, int kGate>
+void MixWindow(const Geometry& g, const MixInputs<T>& in, const Cells& cells,
+               const T* xn, int64_t c0, int64_t width, Acc<T>* __restrict__ bp,
+               Acc<T>* __restrict__ wp, Acc<T>* __restrict__ sp,
+               Acc<T>* __restrict__ gp) {
   using A = Acc<T>;
-  using Array = Eigen::Array<A, Eigen::Dynamic, 1>;
-  const int64_t C = g.channels;
   const int64_t ics = kChannelsLast ? 1 : g.in_channel_stride;
+  for (int64_t i = 0; i < cells.count; ++i) {
+    const T* __restrict__ xp = xn + cells.offset[i] + c0 * ics;
+    // Positions are floats (exact below 2**24) so that the compare and
+    // both selects are one vector type.
+    const A position = static_cast<A>(cells.j[i]);
+    const T* __restrict__ w =
+        kGate ? in.kernel + cells.j[i] * in.kernel_channels +
+                    (kGate == 2 ? c0 : 0)
+              : nullptr;
+    const A w0 = kGate == 1 ? static_cast<A>(w[0]) : A(0);
+    if (i == 0) {
+      for (int64_t c = 0; c < width; ++c) {
+        const A v = static_cast<A>(xp[c * ics]);
+        bp[c] = v;
+        wp[c] = position;
+        sp[c] = v;
+        if (kGate == 1) gp[c] = w0 * v;
+        if (kGate == 2) gp[c] = static_cast<A>(w[c]) * v;
+      }
+      continue;
+    }
+    for (int64_t c = 0; c < width; ++c) {
+      const A v = static_cast<A>(xp[c * ics]);
+      const bool higher = v > bp[c];
+      bp[c] = higher ? v : bp[c];
+      wp[c] = higher ? position : wp[c];
+      sp[c] += v;
+      if (kGate == 1) gp[c] += w0 * v;
+      if (kGate == 2) gp[c] += static_cast<A>(w[c]) * v;
+    }
+  }
+}
+
+// One SIMD packet of `T`.
+template <typename T>
+using Packet = typename Eigen::internal::packet_traits<T>::type;
+template <typename T>
+constexpr int64_t kPacketSize =
+    Eigen::internal::unpacket_traits<Packet<T>>::size;
+
+// What `MixWindow` computes, for one SIMD packet of channels, gated with
+// the gate itself instead of its logit.
+template <typename T>
+struct MixedPacket {
+  Packet<T> best, where, sum, gate;
+};
+
+// `MixWindow` for one SIMD packet of channels from `c0`, channels_last and
+// `T` its own accumulation type (float, double): the running values stay
+// in registers over the window's cells instead of going through memory
+// once per cell.
+template <typename T, int kGate>
+MixedPacket<T> MixPacket(const MixInputs<T>& in, const Cells& cells,
+                         const T* xn, int64_t c0) {
+  namespace ei = Eigen::internal;
+  using P = Packet<T>;
+  const int64_t kc = in.kernel_channels;
+  auto weight = [&](int64_t i) {
+    const T* w = in.kernel + cells.j[i] * kc;
+    return kGate == 1 ? ei::pset1<P>(w[0]) : ei::ploadu<P>(w + c0);
+  };
+  P v = ei::ploadu<P>(xn + cells.offset[0] + c0);
+  P best = v, sum = v;
+  P where = ei::pset1<P>(static_cast<T>(cells.j[0]));
+  P logit = kGate ? ei::pmul(weight(0), v) : v;
+  for (int64_t i = 1; i < cells.count; ++i) {
+    v = ei::ploadu<P>(xn + cells.offset[i] + c0);
+    const P higher = ei::pcmp_lt(best, v);
+    best = ei::pselect(higher, v, best);
+    where = ei::pselect(higher, ei::pset1<P>(static_cast<T>(cells.j[i])),
+                        where);
+    sum = ei::padd(sum, v);
+    if (kGate) logit = ei::pmadd(weight(i), v, logit);
+  }
+  if (kGate) {
+    const P one = ei::pset1<P>(T(1));
+    logit = ei::pdiv(one, ei::padd(one, ei::pexp(ei::pnegate(logit))));
+  }
+  return {best, where, sum, logit};
+}
+
+// `MixWindow` and the gate for channels `c0` to `C`, into `best`,
+// `where`, `sum` and `gate` (each indexed by channel).
+template <typename T, bool kChannelsLast, int kGate>
+void MixChannels(const Geometry& g, const MixInputs<T>& in, const Cells& cells,
+                 const T* xn, int64_t c0, std::vector<Acc<T>>* best,
+                 std::vector<Acc<T>>* where, std::vector<Acc<T>>* sum,
+                 Eigen::Array<Acc<T>, Eigen::Dynamic, 1>* gate) {
+  const int64_t width = g.channels - c0;
+  if (width == 0) return;
+  MixWindow<T, kChannelsLast, kGate>(g, in, cells, xn, c0, width,
+                                     best->data() + c0, where->data() + c0,
+                                     sum->data() + c0, gate->data() + c0);
+  if (kGate) {
+    // Eigen's exp vectorizes.
+    auto tail = gate->segment(c0, width);
+    tail = Acc<T>(1) / (Acc<T>(1) + (-tail).exp());
+  }
+}
+
+// Channels from 0 to the returned count go through `MixPacket`: all but
+// the last `C % packet` for channels_last float and double, else none.
+template <typename T, bool kChannelsLast>
+int64_t PacketChannels(int64_t channels) {
+  constexpr int64_t kSize = kPacketSize<T>;
+  if (!kChannelsLast || !std::is_same<T, Acc<T>>::value || kSize < 2) return 0;
+  return channels - channels % kSize;
+}
+
+// Gated (`kGate`), only `y`: the gradient computes the rest again from
+// `x`, which it reads anyway for the kernel's gradient. Otherwise also
+// `index` and `difference`, and with random mixing `choices`.
+template <typename T, bool kChannelsLast, int kGate>
+void MixedPoolShard(const Geometry& g, const MixInputs<T>& in, T* y,
+                    uint8_t* index, T* difference, T* choices, int64_t start,
+                    int64_t limit) {
+  namespace ei = Eigen::internal;
+  using A = Acc<T>;
+  const int64_t C = g.channels;
   const int64_t ocs = kChannelsLast ? 1 : g.out_channel_stride;
-  // Positions are kept as floats (exact below 2**24) so that the compare
-  // and both selects vectorize.
+  const int64_t packed = PacketChannels<T, kChannelsLast>(C);
   std::vector<A> best(C), where(C), sum(C), chosen(C);
   std::vector<float> draws(C);
-  Array gate(C);
+  Eigen::Array<A, Eigen::Dynamic, 1> gate(C);
+  Cells cells;
   for (int64_t unit = start; unit < limit; ++unit) {
     const int64_t n = unit / g.out_cells, o = unit % g.out_cells;
     const T* xn = in.x + n * g.in_example;
-    A* __restrict__ bp = best.data();
-    A* __restrict__ wp = where.data();
-    A* __restrict__ sp = sum.data();
-    A* __restrict__ gp = gate.data();
-    // One loop over the channels per cell: maximum, its position, sum and,
-    // gated, the gate's logit (`kGate`: 0 none, 1 one weight per cell, 2 one
-    // per cell and channel).
-    int64_t count = 0;
-    auto visit = [&](auto gate_kind) {
-      constexpr int kGate = decltype(gate_kind)::value;
-      g.ForEachCell(o, [&](int64_t j, int64_t offset) {
-        const T* __restrict__ xp = xn + offset;
-        const A position = static_cast<A>(j);
-        const T* __restrict__ w =
-            kGate ? in.kernel + j * in.kernel_channels : nullptr;
-        const A w0 = kGate == 1 ? static_cast<A>(w[0]) : A(0);
-        if (count++ == 0) {
-          for (int64_t c = 0; c < C; ++c) {
-            const A v = static_cast<A>(xp[c * ics]);
-            bp[c] = v;
-            wp[c] = position;
-            sp[c] = v;
-            if (kGate == 1) gp[c] = w0 * v;
-            if (kGate == 2) gp[c] = static_cast<A>(w[c]) * v;
-          }
-          return;
-        }
-        for (int64_t c = 0; c < C; ++c) {
-          const A v = static_cast<A>(xp[c * ics]);
-          const bool higher = v > bp[c];
-          bp[c] = higher ? v : bp[c];
-          wp[c] = higher ? position : wp[c];
-          sp[c] += v;
-          if (kGate == 1) gp[c] += w0 * v;
-          if (kGate == 2) gp[c] += static_cast<A>(w[c]) * v;
-        }
-      });
-    };
-    if (!in.kernel) {
-      visit(std::integral_constant<int, 0>());
-    } else if (in.kernel_channels == 1) {
-      visit(std::integral_constant<int, 1>());
-    } else {
-      visit(std::integral_constant<int, 2>());
+    cells.Collect(g, o);
+    if constexpr (std::is_same<T, A>::value) {
+      for (int64_t c0 = 0; c0 < packed; c0 += kPacketSize<T>) {
+        const MixedPacket<T> r = MixPacket<T, kGate>(in, cells, xn, c0);
+        ei::pstoreu(best.data() + c0, r.best);
+        ei::pstoreu(where.data() + c0, r.where);
+        ei::pstoreu(sum.data() + c0, r.sum);
+        if (kGate) ei::pstoreu(gate.data() + c0, r.gate);
+      }
     }
-    // Eigen's exp vectorizes.
-    if (in.kernel) gate = A(1) / (A(1) + (-gate).exp());
-    const A inverse = A(1) / static_cast<A>(count);
+    MixChannels<T, kChannelsLast, kGate>(g, in, cells, xn, packed, &best,
+                                         &where, &sum, &gate);
+    const A inverse = A(1) / static_cast<A>(cells.count);
     const int64_t out = n * g.out_example + g.OutputOffset(o);
     if (in.random.enabled) {
       in.random.Choices(g, kChannelsLast, n, o, draws.data(), chosen.data());
     }
-    const T* weight = in.kernel || in.random.enabled
+    const T* weight = kGate || in.random.enabled
                           ? nullptr
                           : in.weight + in.weight_view.Base(g, n, o);
     const int64_t wcs = in.weight_view.ChannelStride();
+    const A* bp = best.data();
+    const A* sp = sum.data();
+    const A* wp = where.data();
+    const A* gp = gate.data();
+    const A* cp = chosen.data();
     for (int64_t c = 0; c < C; ++c) {
       const A a = weight ? static_cast<A>(weight[c * wcs])
-                         : (in.kernel ? gp[c] : chosen[c]);
+                         : (kGate ? gp[c] : cp[c]);
       const A avg = sp[c] * inverse;
       const A spread = bp[c] - avg;
       const A mixed = avg + a * spread;
       y[out + c * ocs] =
           static_cast<T>(a == A(1) ? bp[c] : (a == A(0) ? avg : mixed));
+      if (kGate) continue;
       index[out + c * ocs] = static_cast<uint8_t>(wp[c]);
       difference[out + c * ocs] = static_cast<T>(spread);
-      if (gate_out) gate_out[out + c * ocs] = static_cast<T>(a);
+      if (choices) choices[out + c * ocs] = static_cast<T>(a);
     }
   }
 }
@@ -923,22 +1039,30 @@ class MixedPoolOp : public MixedOp {
     OP_REQUIRES_OK(ctx, Mixing(ctx->input(1), ctx->input(2), ctx->input(3),
                                ctx->input(4), g, &in));
     const TensorShape shape = g.OutputShape(channels_last_);
+    const TensorShape empty({0});
     Tensor *y = nullptr, *index = nullptr, *difference = nullptr,
-           *gate = nullptr;
+           *choices = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &y));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, shape, &index));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, shape, &difference));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            3, gated_ || random_ ? shape : TensorShape({0}),
-                            &gate));
+    OP_REQUIRES_OK(ctx,
+                   ctx->allocate_output(1, gated_ ? empty : shape, &index));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_output(2, gated_ ? empty : shape, &difference));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_output(3, random_ ? shape : empty, &choices));
     T* yp = y->flat<T>().data();
     uint8_t* ip = index->flat<uint8_t>().data();
     T* dp = difference->flat<T>().data();
-    T* gp = gated_ || random_ ? gate->flat<T>().data() : nullptr;
+    T* cp = random_ ? choices->flat<T>().data() : nullptr;
     ForEachOutput(ctx, g, [&](int64_t start, int64_t limit) {
       WithLayout([&](auto last) {
-        MixedPoolShard<T, decltype(last)::value>(
-            g, in, yp, ip, dp, gp, start, limit);
+        constexpr bool kLast = decltype(last)::value;
+        if (!in.kernel) {
+          MixedPoolShard<T, kLast, 0>(g, in, yp, ip, dp, cp, start, limit);
+        } else if (in.kernel_channels == 1) {
+          MixedPoolShard<T, kLast, 1>(g, in, yp, ip, dp, cp, start, limit);
+        } else {
+          MixedPoolShard<T, kLast, 2>(g, in, yp, ip, dp, cp, start, limit);
+        }
       });
     });
   }
@@ -947,13 +1071,68 @@ class MixedPoolOp : public MixedOp {
 template <typename T>
 struct MixGradInputs {
   MixInputs<T> mix;
-  const T* gate = nullptr;  // Gated: `a` for each output cell.
-  const uint8_t* index = nullptr;
+  const T* choices = nullptr;  // Random: `a` for each output cell.
+  const uint8_t* index = nullptr;  // Not gated.
   const T* upstream = nullptr;
-  const T* difference = nullptr;
+  const T* difference = nullptr;  // Not gated.
 };
 
-template <typename T, bool kChannelsLast>
+// The gradient for one output position's window, for one SIMD packet of
+// channels from `c0` (channels_last, `T` float or double): `sum_dx` gets
+// what each cell receives, `per_channel` (window, C) the kernel's gradient
+// per channel (gated), `weight_product` the gradient of `a` (if wanted).
+template <typename T, int kGate>
+void MixGradPacket(const Geometry& g, const MixGradInputs<T>& in,
+                   const Cells& cells, const T* xn, int64_t out, int64_t c0,
+                   T inverse, const T* weight, int64_t wcs, T* weight_product,
+                   T* sum_dx, T* per_channel) {
+  namespace ei = Eigen::internal;
+  using P = Packet<T>;
+  const int64_t kc = in.mix.kernel_channels;
+  const P one = ei::pset1<P>(T(1));
+  const P u = ei::ploadu<P>(in.upstream + out + c0);
+  P a, where, spread;
+  if (kGate) {
+    const MixedPacket<T> r = MixPacket<T, kGate>(in.mix, cells, xn, c0);
+    a = r.gate;
+    where = r.where;
+    spread = ei::psub(r.best, ei::pmul(r.sum, ei::pset1<P>(inverse)));
+  } else {
+    a = in.choices ? ei::ploadu<P>(in.choices + out + c0)
+        : wcs      ? ei::ploadu<P>(weight + c0)
+                   : ei::pset1<P>(weight[0]);
+    T positions[kPacketSize<T>];
+    for (int64_t c = 0; c < kPacketSize<T>; ++c) {
+      positions[c] = static_cast<T>(in.index[out + c0 + c]);
+    }
+    where = ei::ploadu<P>(positions);
+    spread = ei::ploadu<P>(in.difference + out + c0);
+  }
+  const P product = ei::pmul(u, spread);
+  const P to_max = ei::pmul(u, a);
+  const P to_each = ei::pmul(ei::psub(u, to_max), ei::pset1<P>(inverse));
+  const P to_gate = ei::pmul(ei::pmul(product, a), ei::psub(one, a));
+  if (weight_product) ei::pstoreu(weight_product + out + c0, product);
+  const P zero = ei::pset1<P>(T(0));
+  for (int64_t i = 0; i < cells.count; ++i) {
+    const int64_t j = cells.j[i], offset = cells.offset[i] + c0;
+    const P is_max = ei::pcmp_eq(where, ei::pset1<P>(static_cast<T>(j)));
+    P add = ei::padd(ei::pselect(is_max, to_max, zero), to_each);
+    if (kGate) {
+      const T* w = in.mix.kernel + j * kc;
+      const P weight_j =
+          kGate == 1 ? ei::pset1<P>(w[0]) : ei::ploadu<P>(w + c0);
+      add = ei::pmadd(to_gate, weight_j, add);
+      T* kg = per_channel + j * g.channels + c0;
+      ei::pstoreu(kg, ei::pmadd(to_gate, ei::ploadu<P>(xn + offset),
+                                ei::ploadu<P>(kg)));
+    }
+    ei::pstoreu(sum_dx + offset,
+                ei::padd(ei::ploadu<P>(sum_dx + offset), add));
+  }
+}
+
+template <typename T, bool kChannelsLast, int kGate>
 void MixedPoolGradExample(const Geometry& g, const MixGradInputs<T>& in,
                           T* weight_product, Acc<T>* kernel_grad, int64_t n,
                           Acc<T>* sum_dx) {
@@ -964,63 +1143,74 @@ void MixedPoolGradExample(const Geometry& g, const MixGradInputs<T>& in,
   const MixInputs<T>& mix = in.mix;
   const T* xn = mix.x + n * g.in_example;
   const int64_t kc = mix.kernel_channels;
+  const int64_t packed = PacketChannels<T, kChannelsLast>(C);
   // The kernel's gradient is summed per channel (a sum over channels does
   // not vectorize without reassociating), then over channels for a (window,
   // 1) kernel.
-  std::vector<A> per_channel(mix.kernel ? g.window * C : 0, A(0));
+  std::vector<A> per_channel(kGate ? g.window * C : 0, A(0));
+  std::vector<A> best(C), where(C), sum(C);
+  Eigen::Array<A, Eigen::Dynamic, 1> gate(C);
   std::vector<A> to_max(C), to_each(C), to_gate(C);
+  Cells cells;
   for (int64_t o = 0; o < g.out_cells; ++o) {
-    int64_t count = 0;
-    g.ForEachCell(o, [&](int64_t, int64_t) { ++count; });
-    const A inverse = A(1) / static_cast<A>(count);
+    cells.Collect(g, o);
+    const A inverse = A(1) / static_cast<A>(cells.count);
     const int64_t out = n * g.out_example + g.OutputOffset(o);
-    const T* weight = in.gate ? in.gate + out
-                              : mix.weight + mix.weight_view.Base(g, n, o);
-    const int64_t wcs = in.gate ? ocs : mix.weight_view.ChannelStride();
-    const T* __restrict__ up = in.upstream + out;
-    const T* __restrict__ dp = in.difference + out;
-    for (int64_t c = 0; c < C; ++c) {
-      const A a = static_cast<A>(weight[c * wcs]);
-      const A u = static_cast<A>(up[c * ocs]);
-      const A spread = u * static_cast<A>(dp[c * ocs]);
-      to_max[c] = u * a;
-      to_each[c] = (u - u * a) * inverse;
-      to_gate[c] = spread * a * (A(1) - a);
-      if (weight_product) {
-        weight_product[out + c * ocs] = static_cast<T>(spread);
+    const T* weight = in.choices ? in.choices + out
+                                 : mix.weight + mix.weight_view.Base(g, n, o);
+    const int64_t wcs = in.choices ? ocs : mix.weight_view.ChannelStride();
+    if constexpr (std::is_same<T, A>::value) {
+      for (int64_t c0 = 0; c0 < packed; c0 += kPacketSize<T>) {
+        MixGradPacket<T, kGate>(g, in, cells, xn, out, c0, inverse, weight,
+                                wcs, weight_product, sum_dx,
+                                per_channel.data());
       }
     }
-    const uint8_t* __restrict__ ip = in.index + out;
-    g.ForEachCell(o, [&](int64_t j, int64_t offset) {
+    if (packed == C) continue;
+    // The other channels, one at a time.
+    if (kGate) {
+      MixChannels<T, kChannelsLast, kGate>(g, mix, cells, xn, packed, &best,
+                                           &where, &sum, &gate);
+    }
+    const T* __restrict__ up = in.upstream + out;
+    for (int64_t c = packed; c < C; ++c) {
+      const A a = kGate ? gate[c] : static_cast<A>(weight[c * wcs]);
+      const A u = static_cast<A>(up[c * ocs]);
+      const A spread =
+          kGate ? best[c] - sum[c] * inverse
+                : static_cast<A>(in.difference[out + c * ocs]);
+      const A product = u * spread;
+      if (!kGate) where[c] = static_cast<A>(in.index[out + c * ocs]);
+      to_max[c] = u * a;
+      to_each[c] = (u - u * a) * inverse;
+      to_gate[c] = product * a * (A(1) - a);
+      if (weight_product) {
+        weight_product[out + c * ocs] = static_cast<T>(product);
+      }
+    }
+    const A* __restrict__ wp = where.data();
+    for (int64_t i = 0; i < cells.count; ++i) {
+      const int64_t j = cells.j[i], offset = cells.offset[i];
       A* __restrict__ sp = sum_dx + offset;
-      const uint8_t position = static_cast<uint8_t>(j);
-      if (!mix.kernel) {
-        for (int64_t c = 0; c < C; ++c) {
-          sp[c * ics] +=
-              (ip[c * ocs] == position ? to_max[c] : A(0)) + to_each[c];
+      const A position = static_cast<A>(j);
+      if (!kGate) {
+        for (int64_t c = packed; c < C; ++c) {
+          sp[c * ics] += (wp[c] == position ? to_max[c] : A(0)) + to_each[c];
         }
-        return;
+        continue;
       }
       const T* __restrict__ xp = xn + offset;
       const T* w = mix.kernel + j * kc;
       A* __restrict__ kgj = per_channel.data() + j * C;
-      if (kc == 1) {
-        const A w0 = static_cast<A>(w[0]);
-        for (int64_t c = 0; c < C; ++c) {
-          sp[c * ics] += (ip[c * ocs] == position ? to_max[c] : A(0)) +
-                         to_each[c] + to_gate[c] * w0;
-          kgj[c] += to_gate[c] * static_cast<A>(xp[c * ics]);
-        }
-      } else {
-        for (int64_t c = 0; c < C; ++c) {
-          sp[c * ics] += (ip[c * ocs] == position ? to_max[c] : A(0)) +
-                         to_each[c] + to_gate[c] * static_cast<A>(w[c]);
-          kgj[c] += to_gate[c] * static_cast<A>(xp[c * ics]);
-        }
+      for (int64_t c = packed; c < C; ++c) {
+        const A wc = static_cast<A>(w[kGate == 1 ? 0 : c]);
+        sp[c * ics] += (wp[c] == position ? to_max[c] : A(0)) + to_each[c] +
+                       to_gate[c] * wc;
+        kgj[c] += to_gate[c] * static_cast<A>(xp[c * ics]);
       }
-    });
+    }
   }
-  if (!mix.kernel) return;
+  if (!kGate) return;
   A* kg = kernel_grad + n * g.window * kc;
   for (int64_t j = 0; j < g.window; ++j) {
     const A* kgj = per_channel.data() + j * C;
@@ -1048,20 +1238,21 @@ class MixedPoolGradOp : public MixedOp {
     MixGradInputs<T> in;
     in.mix.x = x.flat<T>().data();
     const TensorShape shape = g.OutputShape(channels_last_);
-    const Tensor& gate = ctx->input(5);
-    if (gate.NumElements() == 0 || gated_) {
+    const Tensor& choices = ctx->input(5);
+    if (choices.NumElements() == 0) {
       OP_REQUIRES_OK(ctx, Mixing(ctx->input(4), ctx->input(6), Tensor(),
                                  Tensor(), g, &in.mix));
+    } else {
+      OP_REQUIRES_OK(ctx, CheckShape(choices, shape, "choices"));
+      in.choices = choices.flat<T>().data();
     }
-    OP_REQUIRES_OK(ctx, CheckShape(ctx->input(1), shape, "index"));
     OP_REQUIRES_OK(ctx, CheckShape(ctx->input(2), shape, "upstream"));
-    OP_REQUIRES_OK(ctx, CheckShape(ctx->input(3), shape, "difference"));
-    in.index = ctx->input(1).flat<uint8_t>().data();
     in.upstream = ctx->input(2).flat<T>().data();
-    in.difference = ctx->input(3).flat<T>().data();
-    if (gated_ || gate.NumElements() != 0) {
-      OP_REQUIRES_OK(ctx, CheckShape(gate, shape, "gate"));
-      in.gate = gate.flat<T>().data();
+    if (!gated_) {
+      OP_REQUIRES_OK(ctx, CheckShape(ctx->input(1), shape, "index"));
+      OP_REQUIRES_OK(ctx, CheckShape(ctx->input(3), shape, "difference"));
+      in.index = ctx->input(1).flat<uint8_t>().data();
+      in.difference = ctx->input(3).flat<T>().data();
     }
     Tensor *dx = nullptr, *weight_product = nullptr, *kernel_grad = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
@@ -1082,7 +1273,14 @@ class MixedPoolGradOp : public MixedOp {
     T* dxp = dx->flat<T>().data();
     AccumulateExamples(ctx, g, dxp, [&](int64_t n, Acc<T>* sum) {
       WithLayout([&](auto last) {
-        MixedPoolGradExample<T, decltype(last)::value>(g, in, wp, kgp, n, sum);
+        constexpr bool kLast = decltype(last)::value;
+        if (!in.mix.kernel) {
+          MixedPoolGradExample<T, kLast, 0>(g, in, wp, kgp, n, sum);
+        } else if (in.mix.kernel_channels == 1) {
+          MixedPoolGradExample<T, kLast, 1>(g, in, wp, kgp, n, sum);
+        } else {
+          MixedPoolGradExample<T, kLast, 2>(g, in, wp, kgp, n, sum);
+        }
       });
     });
   }

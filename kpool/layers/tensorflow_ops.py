@@ -320,7 +320,7 @@ def mixed_pool(layer, inputs, mixing=None, gate_kernel=None):
             kernel = tf.reshape(second, [math.prod(layer.pool_size), -1])
         elif not random:
             weight = _broadcast_5d(layer, tf.cast(second, x.dtype))
-        y, index, difference, gate = library().kpool_mixed_pool(
+        y, index, difference, choices = library().kpool_mixed_pool(
             x5, weight, kernel, key, counter, gated=gated, **attrs
         )
 
@@ -332,7 +332,7 @@ def mixed_pool(layer, inputs, mixing=None, gate_kernel=None):
                 _to_5d(layer, upstream),
                 difference,
                 weight,
-                gate,
+                choices,
                 kernel,
                 gated=gated,
                 weight_grad=weight_grad,
