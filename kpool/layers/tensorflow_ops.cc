@@ -927,17 +927,6 @@ void MixedPoolShard(const Geometry& g, const MixInputs<T>& in, T* y,
     const int64_t n = unit / g.out_cells, o = unit % g.out_cells;
     const T* xn = in.x + n * g.in_example;
     cells.Collect(g, o);
-    if constexpr (std::is_same<T, A>::value) {
-      for (int64_t c0 = 0; c0 < packed; c0 += kPacketSize<T>) {
-        const MixedPacket<T> r = MixPacket<T, kGate>(in, cells, xn, c0);
-        ei::pstoreu(best.data() + c0, r.best);
-        ei::pstoreu(where.data() + c0, r.where);
-        ei::pstoreu(sum.data() + c0, r.sum);
-        if (kGate) ei::pstoreu(gate.data() + c0, r.gate);
-      }
-    }
-    MixChannels<T, kChannelsLast, kGate>(g, in, cells, xn, packed, &best,
-                                         &where, &sum, &gate);
     const A inverse = A(1) / static_cast<A>(cells.count);
     const int64_t out = n * g.out_example + g.OutputOffset(o);
     if (in.random.enabled) {
@@ -947,21 +936,48 @@ void MixedPoolShard(const Geometry& g, const MixInputs<T>& in, T* y,
                           ? nullptr
                           : in.weight + in.weight_view.Base(g, n, o);
     const int64_t wcs = in.weight_view.ChannelStride();
-    const A* bp = best.data();
-    const A* sp = sum.data();
-    const A* wp = where.data();
-    const A* gp = gate.data();
-    const A* cp = chosen.data();
-    for (int64_t c = 0; c < C; ++c) {
-      const A a = weight ? static_cast<A>(weight[c * wcs])
-                         : (kGate ? gp[c] : cp[c]);
-      const A avg = sp[c] * inverse;
-      const A spread = bp[c] - avg;
+    if constexpr (std::is_same<T, A>::value) {
+      using P = Packet<T>;
+      const P one = ei::pset1<P>(T(1)), zero = ei::pset1<P>(T(0));
+      const P scale = ei::pset1<P>(inverse);
+      for (int64_t c0 = 0; c0 < packed; c0 += kPacketSize<T>) {
+        const MixedPacket<T> r = MixPacket<T, kGate>(in, cells, xn, c0);
+        const P a = kGate    ? r.gate
+                    : weight ? (wcs ? ei::ploadu<P>(weight + c0)
+                                    : ei::pset1<P>(weight[0]))
+                             : ei::ploadu<P>(chosen.data() + c0);
+        const P avg = ei::pmul(r.sum, scale);
+        const P spread = ei::psub(r.best, avg);
+        const P mixed = ei::pmadd(a, spread, avg);
+        ei::pstoreu(y + out + c0,
+                    ei::pselect(ei::pcmp_eq(a, one), r.best,
+                                ei::pselect(ei::pcmp_eq(a, zero), avg, mixed)));
+        if (kGate) continue;
+        ei::pstoreu(where.data() + c0, r.where);
+        ei::pstoreu(difference + out + c0, spread);
+        if (choices) ei::pstoreu(choices + out + c0, a);
+      }
+      if (!kGate) {
+        for (int64_t c = 0; c < packed; ++c) {
+          index[out + c] = static_cast<uint8_t>(where[c]);
+        }
+      }
+    }
+    if (packed == C) continue;
+    // The other channels, one at a time.
+    MixChannels<T, kChannelsLast, kGate>(g, in, cells, xn, packed, &best,
+                                         &where, &sum, &gate);
+    for (int64_t c = packed; c < C; ++c) {
+      const A a = kGate    ? gate[c]
+                  : weight ? static_cast<A>(weight[c * wcs])
+                           : chosen[c];
+      const A avg = sum[c] * inverse;
+      const A spread = best[c] - avg;
       const A mixed = avg + a * spread;
       y[out + c * ocs] =
-          static_cast<T>(a == A(1) ? bp[c] : (a == A(0) ? avg : mixed));
+          static_cast<T>(a == A(1) ? best[c] : (a == A(0) ? avg : mixed));
       if (kGate) continue;
-      index[out + c * ocs] = static_cast<uint8_t>(wp[c]);
+      index[out + c * ocs] = static_cast<uint8_t>(where[c]);
       difference[out + c * ocs] = static_cast<T>(spread);
       if (choices) choices[out + c * ocs] = static_cast<T>(a);
     }

@@ -291,6 +291,9 @@ def mixed_pool(layer, inputs, mixing=None, gate_kernel=None):
     takes one more pass: max pooling's of `a * upstream` plus average
     pooling's of `(1 - a) * upstream` (plus, gated, the gate's). `mixing`
     gets `sum(upstream * (max - avg))` over the axes it is broadcast along.
+    The forward kernel saves each window's maximum position and `max - avg`
+    for that pass, except gated: the gradient reads the input anyway (for
+    the gate kernel's gradient), so it computes them and the gate again.
     """
     import tensorflow as tf
 
