@@ -283,6 +283,75 @@ Status InputShape(InferenceContext* c) {
       .Attr("padding: {'SAME', 'VALID'}")           \
       .Attr("data_format: {'NDHWC', 'NCDHW'} = 'NDHWC'")
 
+// SIMD packets. The kernels' channels_last paths for float and double work
+// on one packet of channels at a time with Eigen's packet functions (so
+// AVX-512, AVX2, SSE or NEON, whatever the build targets): a window's
+// running values stay in registers over its cells, and the compare and
+// select vectorize even where a compiler would not vectorize the loops
+// (GCC at the x86-64 baseline does not vectorize a compare and select).
+// The other channels, layouts and dtypes take plain loops.
+template <typename T>
+using Packet = typename Eigen::internal::packet_traits<T>::type;
+template <typename T>
+constexpr int64_t kPacketSize =
+    Eigen::internal::unpacket_traits<Packet<T>>::size;
+
+namespace ei = Eigen::internal;
+
+// `max(v, 0)` as `std::max(v, T(0))` computes it (NaN stays NaN).
+template <typename P>
+P PositivePart(const P& v) {
+  const P zero = ei::pset1<P>(typename ei::unpacket_traits<P>::type(0));
+  return ei::pselect(ei::pcmp_lt(v, zero), zero, v);
+}
+
+// Window positions between bytes and `A` (the packet paths compare them
+// as `A`), for `count` channels: separate loops, which vectorize.
+template <typename A>
+void LoadIndex(const uint8_t* __restrict__ index, int64_t count,
+               A* __restrict__ where) {
+  for (int64_t c = 0; c < count; ++c) where[c] = static_cast<A>(index[c]);
+}
+
+// A negative position becomes `kNoIndex`.
+template <typename A>
+void StoreIndex(const A* __restrict__ where, int64_t count,
+                uint8_t* __restrict__ index) {
+  for (int64_t c = 0; c < count; ++c) {
+    index[c] = where[c] < A(0) ? kNoIndex : static_cast<uint8_t>(where[c]);
+  }
+}
+
+// Channels from 0 to the returned count go through the packet paths: all
+// but the last `C % packet` for channels_last float and double, else none.
+template <typename T, bool kChannelsLast>
+int64_t PacketChannels(int64_t channels) {
+  constexpr int64_t kSize = kPacketSize<T>;
+  if (!kChannelsLast || !std::is_same<T, Acc<T>>::value || kSize < 2) return 0;
+  return channels - channels % kSize;
+}
+
+// Gated (`kGate`), only `y`: the gradient computes the rest again from
+// `x`, which it reads anyway for the kernel's gradient. Otherwise also
+// `index` and `difference`, and with random mixing `choices`.
+// The cells of one output position's window that lie inside the input:
+// `j` (position in the whole window) and `offset`, as `ForEachCell` visits
+// them. Collected once per position, for the channel blocks to share.
+struct Cells {
+  int64_t count = 0;
+  uint8_t j[kMaxWindow];
+  int64_t offset[kMaxWindow];
+
+  void Collect(const Geometry& g, int64_t o) {
+    count = 0;
+    g.ForEachCell(o, [&](int64_t position, int64_t distance) {
+      j[count] = static_cast<uint8_t>(position);
+      offset[count] = distance;
+      ++count;
+    });
+  }
+};
+
 // ---------------------------------------------------------------------------
 // KpoolMinPool: the minimum of each window and its position `j` (the first
 // one on ties).
@@ -295,6 +364,24 @@ REGISTER_OP("KpoolMinPool")
     .KPOOL_WINDOW_ATTRS
     .SetShapeFn([](InferenceContext* c) { return PooledShape(c, 2); });
 
+// The minimum of one window and its position, for one packet of channels
+// from `c0`, into `y` (at the output position's channel 0) and `where_out`
+// (indexed by channel).
+template <typename T>
+void MinPacket(const Cells& cells, const T* xn, int64_t c0, T* y, T* where_out) {
+  using P = Packet<T>;
+  P best = ei::ploadu<P>(xn + cells.offset[0] + c0);
+  P where = ei::pset1<P>(static_cast<T>(cells.j[0]));
+  for (int64_t i = 1; i < cells.count; ++i) {
+    const P v = ei::ploadu<P>(xn + cells.offset[i] + c0);
+    const P lower = ei::pcmp_lt(v, best);
+    best = ei::pselect(lower, v, best);
+    where = ei::pselect(lower, ei::pset1<P>(static_cast<T>(cells.j[i])), where);
+  }
+  ei::pstoreu(y + c0, best);
+  ei::pstoreu(where_out + c0, where);
+}
+
 template <typename T, bool kChannelsLast>
 void MinPoolShard(const Geometry& g, const T* x, T* y, uint8_t* index,
                   int64_t start, int64_t limit) {
@@ -302,35 +389,42 @@ void MinPoolShard(const Geometry& g, const T* x, T* y, uint8_t* index,
   const int64_t C = g.channels;
   const int64_t ics = kChannelsLast ? 1 : g.in_channel_stride;
   const int64_t ocs = kChannelsLast ? 1 : g.out_channel_stride;
+  const int64_t packed = PacketChannels<T, kChannelsLast>(C);
   // Positions are kept as floats (exact below 2**24) so that the compare
   // and both selects vectorize.
   std::vector<A> best(C), where(C);
+  Cells cells;
   for (int64_t unit = start; unit < limit; ++unit) {
     const int64_t n = unit / g.out_cells, o = unit % g.out_cells;
     const T* xn = x + n * g.in_example;
-    bool first = true;
-    g.ForEachCell(o, [&](int64_t j, int64_t offset) {
-      const T* __restrict__ xp = xn + offset;
+    const int64_t out = n * g.out_example + g.OutputOffset(o);
+    cells.Collect(g, o);
+    if constexpr (std::is_same<T, A>::value) {
+      for (int64_t c0 = 0; c0 < packed; c0 += kPacketSize<T>) {
+        MinPacket<T>(cells, xn, c0, y + out, where.data());
+      }
+      StoreIndex(where.data(), packed, index + out);
+    }
+    for (int64_t i = 0; i < cells.count; ++i) {
+      const T* __restrict__ xp = xn + cells.offset[i];
       A* __restrict__ bp = best.data();
       A* __restrict__ wp = where.data();
-      const A position = static_cast<A>(j);
-      if (first) {
-        for (int64_t c = 0; c < C; ++c) {
+      const A position = static_cast<A>(cells.j[i]);
+      if (i == 0) {
+        for (int64_t c = packed; c < C; ++c) {
           bp[c] = static_cast<A>(xp[c * ics]);
           wp[c] = position;
         }
-        first = false;
-        return;
+        continue;
       }
-      for (int64_t c = 0; c < C; ++c) {
+      for (int64_t c = packed; c < C; ++c) {
         const A v = static_cast<A>(xp[c * ics]);
         const bool lower = v < bp[c];
         bp[c] = lower ? v : bp[c];
         wp[c] = lower ? position : wp[c];
       }
-    });
-    const int64_t out = n * g.out_example + g.OutputOffset(o);
-    for (int64_t c = 0; c < C; ++c) {
+    }
+    for (int64_t c = packed; c < C; ++c) {
       y[out + c * ocs] = static_cast<T>(best[c]);
       index[out + c * ocs] = static_cast<uint8_t>(where[c]);
     }
@@ -770,24 +864,6 @@ struct MixInputs {
   RandomMixing random;
 };
 
-// The cells of one output position's window that lie inside the input:
-// `j` (position in the whole window) and `offset`, as `ForEachCell` visits
-// them. Collected once per position, for the channel blocks to share.
-struct Cells {
-  int64_t count = 0;
-  uint8_t j[kMaxWindow];
-  int64_t offset[kMaxWindow];
-
-  void Collect(const Geometry& g, int64_t o) {
-    count = 0;
-    g.ForEachCell(o, [&](int64_t position, int64_t distance) {
-      j[count] = static_cast<uint8_t>(position);
-      offset[count] = distance;
-      ++count;
-    });
-  }
-};
-
 // Mixed pooling's running values over a window, for `width` channels from
 // `c0`: maximum, its position, sum and, gated, the gate's logit (`kGate`:
 // 0 none, 1 one weight per cell, 2 one per cell and channel).
@@ -831,13 +907,6 @@ void MixWindow(const Geometry& g, const MixInputs<T>& in, const Cells& cells,
   }
 }
 
-// One SIMD packet of `T`.
-template <typename T>
-using Packet = typename Eigen::internal::packet_traits<T>::type;
-template <typename T>
-constexpr int64_t kPacketSize =
-    Eigen::internal::unpacket_traits<Packet<T>>::size;
-
 // What `MixWindow` computes, for one SIMD packet of channels, gated with
 // the gate itself instead of its logit.
 template <typename T>
@@ -852,7 +921,6 @@ struct MixedPacket {
 template <typename T, int kGate>
 MixedPacket<T> MixPacket(const MixInputs<T>& in, const Cells& cells,
                          const T* xn, int64_t c0) {
-  namespace ei = Eigen::internal;
   using P = Packet<T>;
   const int64_t kc = in.kernel_channels;
   auto weight = [&](int64_t i) {
@@ -898,23 +966,10 @@ void MixChannels(const Geometry& g, const MixInputs<T>& in, const Cells& cells,
   }
 }
 
-// Channels from 0 to the returned count go through `MixPacket`: all but
-// the last `C % packet` for channels_last float and double, else none.
-template <typename T, bool kChannelsLast>
-int64_t PacketChannels(int64_t channels) {
-  constexpr int64_t kSize = kPacketSize<T>;
-  if (!kChannelsLast || !std::is_same<T, Acc<T>>::value || kSize < 2) return 0;
-  return channels - channels % kSize;
-}
-
-// Gated (`kGate`), only `y`: the gradient computes the rest again from
-// `x`, which it reads anyway for the kernel's gradient. Otherwise also
-// `index` and `difference`, and with random mixing `choices`.
 template <typename T, bool kChannelsLast, int kGate>
 void MixedPoolShard(const Geometry& g, const MixInputs<T>& in, T* y,
                     uint8_t* index, T* difference, T* choices, int64_t start,
                     int64_t limit) {
-  namespace ei = Eigen::internal;
   using A = Acc<T>;
   const int64_t C = g.channels;
   const int64_t ocs = kChannelsLast ? 1 : g.out_channel_stride;
@@ -1097,12 +1152,13 @@ struct MixGradInputs {
 // channels from `c0` (channels_last, `T` float or double): `sum_dx` gets
 // what each cell receives, `per_channel` (window, C) the kernel's gradient
 // per channel (gated), `weight_product` the gradient of `a` (if wanted).
+// Not gated, `positions` holds `index` as `T`, by channel.
 template <typename T, int kGate>
 void MixGradPacket(const Geometry& g, const MixGradInputs<T>& in,
                    const Cells& cells, const T* xn, int64_t out, int64_t c0,
-                   T inverse, const T* weight, int64_t wcs, T* weight_product,
-                   T* sum_dx, T* per_channel) {
-  namespace ei = Eigen::internal;
+                   T inverse, const T* weight, int64_t wcs,
+                   const T* positions, T* weight_product, T* sum_dx,
+                   T* per_channel) {
   using P = Packet<T>;
   const int64_t kc = in.mix.kernel_channels;
   const P one = ei::pset1<P>(T(1));
@@ -1117,11 +1173,7 @@ void MixGradPacket(const Geometry& g, const MixGradInputs<T>& in,
     a = in.choices ? ei::ploadu<P>(in.choices + out + c0)
         : wcs      ? ei::ploadu<P>(weight + c0)
                    : ei::pset1<P>(weight[0]);
-    T positions[kPacketSize<T>];
-    for (int64_t c = 0; c < kPacketSize<T>; ++c) {
-      positions[c] = static_cast<T>(in.index[out + c0 + c]);
-    }
-    where = ei::ploadu<P>(positions);
+    where = ei::ploadu<P>(positions + c0);
     spread = ei::ploadu<P>(in.difference + out + c0);
   }
   const P product = ei::pmul(u, spread);
@@ -1176,9 +1228,10 @@ void MixedPoolGradExample(const Geometry& g, const MixGradInputs<T>& in,
                                  : mix.weight + mix.weight_view.Base(g, n, o);
     const int64_t wcs = in.choices ? ocs : mix.weight_view.ChannelStride();
     if constexpr (std::is_same<T, A>::value) {
+      if (!kGate) LoadIndex(in.index + out, packed, where.data());
       for (int64_t c0 = 0; c0 < packed; c0 += kPacketSize<T>) {
         MixGradPacket<T, kGate>(g, in, cells, xn, out, c0, inverse, weight,
-                                wcs, weight_product, sum_dx,
+                                wcs, where.data(), weight_product, sum_dx,
                                 per_channel.data());
       }
     }
@@ -1327,37 +1380,63 @@ void StochasticPoolShard(const Geometry& g, const T* x, const T* u, T* y,
   const int64_t C = g.channels;
   const int64_t ics = kChannelsLast ? 1 : g.in_channel_stride;
   const int64_t ocs = kChannelsLast ? 1 : g.out_channel_stride;
-  std::vector<T> total(C), threshold(C), running(C), value(C);
+  const int64_t packed = PacketChannels<T, kChannelsLast>(C);
+  std::vector<T> total(C), threshold(C), running(C), value(C), positions(C);
   std::vector<int32_t> where(C);
+  Cells cells;
   for (int64_t unit = start; unit < limit; ++unit) {
     const int64_t n = unit / g.out_cells, o = unit % g.out_cells;
     const T* xn = x + n * g.in_example;
     const int64_t out = n * g.out_example + g.OutputOffset(o);
-    std::fill(total.begin(), total.end(), T(0));
-    g.ForEachCell(o, [&](int64_t, int64_t offset) {
-      const T* xp = xn + offset;
-      for (int64_t c = 0; c < C; ++c) {
+    cells.Collect(g, o);
+    using P = Packet<T>;
+    for (int64_t c0 = 0; c0 < packed; c0 += kPacketSize<T>) {
+      const P zero = ei::pset1<P>(T(0));
+      P sum = zero;
+      for (int64_t i = 0; i < cells.count; ++i) {
+        sum = ei::padd(sum,
+                       PositivePart(ei::ploadu<P>(xn + cells.offset[i] + c0)));
+      }
+      const P cut = ei::pmul(ei::ploadu<P>(u + out + c0), sum);
+      P run = zero, chosen = zero, at = ei::pset1<P>(T(-1));
+      for (int64_t i = 0; i < cells.count; ++i) {
+        const P a = PositivePart(ei::ploadu<P>(xn + cells.offset[i] + c0));
+        run = ei::padd(run, a);
+        const P first =
+            ei::pand(ei::pcmp_lt(at, zero), ei::pcmp_lt(cut, run));
+        at = ei::pselect(first, ei::pset1<P>(static_cast<T>(cells.j[i])), at);
+        chosen = ei::pselect(first, a, chosen);
+      }
+      ei::pstoreu(y + out + c0, chosen);
+      ei::pstoreu(positions.data() + c0, at);
+    }
+    StoreIndex(positions.data(), packed, index + out);
+    if (packed == C) continue;
+    std::fill(total.begin() + packed, total.end(), T(0));
+    for (int64_t i = 0; i < cells.count; ++i) {
+      const T* xp = xn + cells.offset[i];
+      for (int64_t c = packed; c < C; ++c) {
         total[c] += std::max(xp[c * ics], T(0));
       }
-    });
-    for (int64_t c = 0; c < C; ++c) {
+    }
+    for (int64_t c = packed; c < C; ++c) {
       threshold[c] = u[out + c * ocs] * total[c];
       running[c] = T(0);
       value[c] = T(0);
       where[c] = -1;
     }
-    g.ForEachCell(o, [&](int64_t j, int64_t offset) {
-      const T* xp = xn + offset;
-      const uint8_t position = static_cast<uint8_t>(j);
-      for (int64_t c = 0; c < C; ++c) {
+    for (int64_t i = 0; i < cells.count; ++i) {
+      const T* xp = xn + cells.offset[i];
+      const uint8_t position = cells.j[i];
+      for (int64_t c = packed; c < C; ++c) {
         const T a = std::max(xp[c * ics], T(0));
         running[c] += a;
         const bool first = where[c] < 0 && threshold[c] < running[c];
         where[c] = first ? position : where[c];
         value[c] = first ? a : value[c];
       }
-    });
-    for (int64_t c = 0; c < C; ++c) {
+    }
+    for (int64_t c = packed; c < C; ++c) {
       y[out + c * ocs] = value[c];
       index[out + c * ocs] =
           where[c] < 0 ? kNoIndex : static_cast<uint8_t>(where[c]);
@@ -1419,22 +1498,34 @@ REGISTER_OP("KpoolStochasticExpectationGrad")
     .KPOOL_WINDOW_ATTRS
     .SetShapeFn(InputShape);
 
-// Per-channel sums of `a` and `a**2` over one window.
+// Per-channel sums of `a` and `a**2` over one window (`cells`).
 template <typename T, bool kChannelsLast>
-void PositiveSums(const Geometry& g, const T* xn, int64_t o, T* sum,
+void PositiveSums(const Geometry& g, const T* xn, const Cells& cells, T* sum,
                   T* squares) {
   const int64_t C = g.channels;
   const int64_t ics = kChannelsLast ? 1 : g.in_channel_stride;
-  std::fill(sum, sum + C, T(0));
-  std::fill(squares, squares + C, T(0));
-  g.ForEachCell(o, [&](int64_t, int64_t offset) {
-    const T* __restrict__ xp = xn + offset;
-    for (int64_t c = 0; c < C; ++c) {
+  const int64_t packed = PacketChannels<T, kChannelsLast>(C);
+  using P = Packet<T>;
+  for (int64_t c0 = 0; c0 < packed; c0 += kPacketSize<T>) {
+    P total = ei::pset1<P>(T(0)), total_squares = total;
+    for (int64_t i = 0; i < cells.count; ++i) {
+      const P a = PositivePart(ei::ploadu<P>(xn + cells.offset[i] + c0));
+      total = ei::padd(total, a);
+      total_squares = ei::padd(total_squares, ei::pmul(a, a));
+    }
+    ei::pstoreu(sum + c0, total);
+    ei::pstoreu(squares + c0, total_squares);
+  }
+  std::fill(sum + packed, sum + C, T(0));
+  std::fill(squares + packed, squares + C, T(0));
+  for (int64_t i = 0; i < cells.count; ++i) {
+    const T* __restrict__ xp = xn + cells.offset[i];
+    for (int64_t c = packed; c < C; ++c) {
       const T a = std::max(xp[c * ics], T(0));
       sum[c] += a;
       squares[c] += a * a;
     }
-  });
+  }
 }
 
 template <typename T, bool kChannelsLast>
@@ -1443,9 +1534,11 @@ void StochasticExpectationShard(const Geometry& g, const T* x, T* y,
   const int64_t C = g.channels;
   const int64_t ocs = kChannelsLast ? 1 : g.out_channel_stride;
   std::vector<T> sum(C), squares(C);
+  Cells cells;
   for (int64_t unit = start; unit < limit; ++unit) {
     const int64_t n = unit / g.out_cells, o = unit % g.out_cells;
-    PositiveSums<T, kChannelsLast>(g, x + n * g.in_example, o, sum.data(),
+    cells.Collect(g, o);
+    PositiveSums<T, kChannelsLast>(g, x + n * g.in_example, cells, sum.data(),
                                    squares.data());
     const int64_t out = n * g.out_example + g.OutputOffset(o);
     for (int64_t c = 0; c < C; ++c) {
@@ -1483,10 +1576,13 @@ void StochasticExpectationGradExample(const Geometry& g, const T* x,
   const int64_t C = g.channels;
   const int64_t ics = kChannelsLast ? 1 : g.in_channel_stride;
   const int64_t ocs = kChannelsLast ? 1 : g.out_channel_stride;
+  const int64_t packed = PacketChannels<T, kChannelsLast>(C);
   const T* xn = x + n * g.in_example;
   std::vector<T> sum(C), squares(C), scale(C), shift(C);
+  Cells cells;
   for (int64_t o = 0; o < g.out_cells; ++o) {
-    PositiveSums<T, kChannelsLast>(g, xn, o, sum.data(), squares.data());
+    cells.Collect(g, o);
+    PositiveSums<T, kChannelsLast>(g, xn, cells, sum.data(), squares.data());
     const int64_t out = n * g.out_example + g.OutputOffset(o);
     for (int64_t c = 0; c < C; ++c) {
       const bool positive = sum[c] > T(0);
@@ -1495,14 +1591,24 @@ void StochasticExpectationGradExample(const Geometry& g, const T* x,
       scale[c] = positive ? T(2) * upstream[out + c * ocs] / safe : T(0);
       shift[c] = scale[c] * T(0.5) * (squares[c] / safe);
     }
-    g.ForEachCell(o, [&](int64_t, int64_t offset) {
-      const T* __restrict__ xp = xn + offset;
-      T* __restrict__ sp = sum_dx + offset;
-      for (int64_t c = 0; c < C; ++c) {
+    using P = Packet<T>;
+    const P zero = ei::pset1<P>(T(0));
+    for (int64_t i = 0; i < cells.count; ++i) {
+      const T* __restrict__ xp = xn + cells.offset[i];
+      T* __restrict__ sp = sum_dx + cells.offset[i];
+      for (int64_t c0 = 0; c0 < packed; c0 += kPacketSize<T>) {
+        const P v = ei::ploadu<P>(xp + c0);
+        const P send = ei::psub(ei::pmul(ei::ploadu<P>(scale.data() + c0), v),
+                                ei::ploadu<P>(shift.data() + c0));
+        ei::pstoreu(sp + c0,
+                    ei::padd(ei::ploadu<P>(sp + c0),
+                             ei::pselect(ei::pcmp_lt(zero, v), send, zero)));
+      }
+      for (int64_t c = packed; c < C; ++c) {
         const T v = xp[c * ics];
         sp[c * ics] += v > T(0) ? scale[c] * v - shift[c] : T(0);
       }
-    });
+    }
   }
 }
 
