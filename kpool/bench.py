@@ -579,14 +579,19 @@ def benchmark_model_fit(
 
 def tensorflow_kernels():
     """What the layers run on TensorFlow outside XLA: `"fused"` (the
-    compiled kernels of `kpool.layers.tensorflow_ops`) or `"built-in ops"`
-    (`tensorflow_kernels`, where those cannot be built or are turned off);
-    `""` on the other backends."""
+    compiled kernels of `kpool.layers.tensorflow_ops`; `"fused, x86-64
+    baseline build"` where `KPOOL_TF_OPS_BASELINE=1` built them) or
+    `"built-in ops"` (`tensorflow_kernels`, where those cannot be built or
+    are turned off); `""` on the other backends."""
     if keras.backend.backend() != "tensorflow":
         return ""
     from kpool.layers import tensorflow_ops
 
-    return "fused" if tensorflow_ops.applies() else "built-in ops"
+    if not tensorflow_ops.applies():
+        return "built-in ops"
+    if tensorflow_ops.build_target() == "x86-64 baseline":
+        return "fused, x86-64 baseline build"
+    return "fused"
 
 
 def device_name():

@@ -36,6 +36,7 @@ from kpool.layers import tensorflow_kernels
 SOURCE = os.path.join(os.path.dirname(__file__), "tensorflow_ops.cc")
 _CHOICES = ("auto", "0", "1")
 _library = None
+_target = None  # `build_target()`.
 _failure = None
 
 
@@ -126,15 +127,30 @@ def _compile_command(output):
 
 
 def _architecture_flags():
-    """Code for this machine's CPU on x86-64, whose baseline (SSE2) cannot
-    vectorize the kernels' compare-and-select loops. The cache key holds the
-    CPU's feature flags, so a shared cache never hands the library to a CPU
+    """Code for this machine's CPU on x86-64, whose baseline (SSE2) has
+    4-float vectors and on which GCC does not vectorize the kernels'
+    remaining compare-and-select loops. The cache key holds the CPU's
+    feature flags, so a shared cache never hands the library to a CPU
     without them. `KPOOL_TF_OPS_BASELINE=1` builds for the baseline instead
     (slower; the tests use it to check the code paths without AVX2)."""
-    baseline = os.environ.get("KPOOL_TF_OPS_BASELINE", "") == "1"
-    if platform.machine().lower() in ("x86_64", "amd64") and not baseline:
+    if _x86_64() and not _baseline_requested():
         return ["-march=native"]
     return []
+
+
+def _x86_64():
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _baseline_requested():
+    return os.environ.get("KPOOL_TF_OPS_BASELINE", "") == "1"
+
+
+def build_target():
+    """What the loaded library was compiled for: `"native"` (this CPU),
+    `"x86-64 baseline"` (`KPOOL_TF_OPS_BASELINE=1`) or `"default"` (the
+    compiler's default, off x86-64); `None` before a library is loaded."""
+    return _target
 
 
 def _cpu_features():
@@ -151,7 +167,13 @@ def _cpu_features():
 def _load():
     import tensorflow as tf
 
-    return tf.load_op_library(build(cache_dir()))
+    global _target
+    library = tf.load_op_library(build(cache_dir()))
+    if not _x86_64():
+        _target = "default"
+    else:
+        _target = "x86-64 baseline" if _baseline_requested() else "native"
+    return library
 
 
 def build(directory):

@@ -253,8 +253,12 @@ def test_a_window_larger_than_the_input_is_an_error():
 
 def test_benchmarks_record_which_kernels_ran(monkeypatch):
     from kpool import bench
+    from kpool.layers import tensorflow_ops
 
     assert bench.tensorflow_kernels() == "fused"
+    assert tensorflow_ops.build_target() in ("native", "default")
+    monkeypatch.setattr(tensorflow_ops, "_target", "x86-64 baseline")
+    assert bench.tensorflow_kernels() == "fused, x86-64 baseline build"
     monkeypatch.setenv("KPOOL_TF_OPS", "0")
     assert bench.tensorflow_kernels() == "built-in ops"
 
@@ -336,20 +340,30 @@ from kpool import layers
 from kpool.layers import tensorflow_ops
 
 rng = np.random.default_rng(0)
+# 70 channels: SSE packets of 4 and two channels in the plain loops.
 x = tf.constant(rng.standard_normal((3, 9, 7, 70)).astype("float32"))
-for kwargs in [dict(mode="random"), dict(mode="random", granularity="channel"),
-               dict(mode="gated")]:
+cases = [
+    (lambda: layers.MixedPooling2D(3, 2, seed=5, mode="random"), True),
+    (lambda: layers.MixedPooling2D(3, 2, seed=5, mode="random",
+                                   granularity="channel"), True),
+    (lambda: layers.MixedPooling2D(3, 2, mode="learned"), True),
+    (lambda: layers.MixedPooling2D(3, 2, mode="gated"), True),
+    (lambda: layers.MinPooling2D(3, 2), True),
+    (lambda: layers.StochasticPooling2D(3, 2, seed=5), True),
+    (lambda: layers.StochasticPooling2D(3, 2, seed=5), False),
+]
+for make, training in cases:
     results = []
     for fused in (True, False):
         tensorflow_ops.applies = (lambda f: lambda layer=None: f)(fused)
-        layer = layers.MixedPooling2D(3, 2, seed=5, **kwargs)
+        layer = make()
         with tf.GradientTape() as tape:
             tape.watch(x)
-            y = layer(x, training=True)
+            y = layer(x, training=training)
         results.append((y, tape.gradient(y, x)))
     for got, expected in zip(*results):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-print("baseline build agrees")
+print("baseline build agrees:", tensorflow_ops.build_target())
 """
 
 
@@ -358,9 +372,9 @@ print("baseline build agrees")
     reason="the baseline build differs from the native one on x86-64 only",
 )
 def test_the_build_without_avx2_computes_the_same(tmp_path):
-    # Built for the x86-64 baseline, the kernels take their scalar paths
-    # (Philox one block at a time), in a fresh process: a second library
-    # cannot register the same ops in this one.
+    # Built for the x86-64 baseline, the kernels take their SSE paths
+    # (packets of 4 floats; Philox one block at a time), in a fresh process:
+    # a second library cannot register the same ops in this one.
     env = {
         **os.environ,
         "KPOOL_CACHE_DIR": str(tmp_path),
@@ -375,6 +389,6 @@ def test_the_build_without_avx2_computes_the_same(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "baseline build agrees" in result.stdout
+    assert "baseline build agrees: x86-64 baseline" in result.stdout
     built = os.listdir(tmp_path / "tensorflow_ops")
     assert len(built) == 1
