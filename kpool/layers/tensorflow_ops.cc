@@ -368,7 +368,7 @@ REGISTER_OP("KpoolMinPool")
 // from `c0`, into `y` (at the output position's channel 0) and `where_out`
 // (indexed by channel).
 template <typename T>
-void MinPacket(const Cells& cells, const T* xn, int64_t c0, T* y, T* where_out) {
+EIGEN_ALWAYS_INLINE void MinPacket(const Cells& cells, const T* xn, int64_t c0, T* y, T* where_out) {
   using P = Packet<T>;
   P best = ei::ploadu<P>(xn + cells.offset[0] + c0);
   P where = ei::pset1<P>(static_cast<T>(cells.j[0]));
@@ -919,7 +919,7 @@ struct MixedPacket {
 // in registers over the window's cells instead of going through memory
 // once per cell.
 template <typename T, int kGate>
-MixedPacket<T> MixPacket(const MixInputs<T>& in, const Cells& cells,
+EIGEN_ALWAYS_INLINE MixedPacket<T> MixPacket(const MixInputs<T>& in, const Cells& cells,
                          const T* xn, int64_t c0) {
   using P = Packet<T>;
   const int64_t kc = in.kernel_channels;
@@ -1154,7 +1154,7 @@ struct MixGradInputs {
 // per channel (gated), `weight_product` the gradient of `a` (if wanted).
 // Not gated, `positions` holds `index` as `T`, by channel.
 template <typename T, int kGate>
-void MixGradPacket(const Geometry& g, const MixGradInputs<T>& in,
+EIGEN_ALWAYS_INLINE void MixGradPacket(const Geometry& g, const MixGradInputs<T>& in,
                    const Cells& cells, const T* xn, int64_t out, int64_t c0,
                    T inverse, const T* weight, int64_t wcs,
                    const T* positions, T* weight_product, T* sum_dx,
