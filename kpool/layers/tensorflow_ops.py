@@ -133,17 +133,16 @@ def _architecture_flags():
     feature flags, so a shared cache never hands the library to a CPU
     without them. `KPOOL_TF_OPS_BASELINE=1` builds for the baseline instead
     (slower; the tests use it to check the code paths without AVX2)."""
-    if _x86_64() and not _baseline_requested():
-        return ["-march=native"]
-    return []
+    return ["-march=native"] if _requested_target() == "native" else []
 
 
-def _x86_64():
-    return platform.machine().lower() in ("x86_64", "amd64")
-
-
-def _baseline_requested():
-    return os.environ.get("KPOOL_TF_OPS_BASELINE", "") == "1"
+def _requested_target():
+    """`build_target()`'s value for a library built now."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "default"
+    if os.environ.get("KPOOL_TF_OPS_BASELINE", "") == "1":
+        return "x86-64 baseline"
+    return "native"
 
 
 def build_target():
@@ -169,10 +168,7 @@ def _load():
 
     global _target
     library = tf.load_op_library(build(cache_dir()))
-    if not _x86_64():
-        _target = "default"
-    else:
-        _target = "x86-64 baseline" if _baseline_requested() else "native"
+    _target = _requested_target()
     return library
 
 
