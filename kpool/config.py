@@ -51,6 +51,13 @@ class ModelConfig:
     pool_padding: Literal["valid", "same"] = "same"
     dropout: float = 0.0
     batch_norm: bool = True
+    # Weight of the old value in BN's moving mean and variance (Keras's
+    # `momentum`; PyTorch's `momentum` is 1 minus it). Keras's default 0.99
+    # averages over ~100 steps and still weighs its initial statistics by
+    # 0.99**140 = 0.24 after 140 steps, so short runs were evaluated with
+    # unsettled statistics; 0.9 (PyTorch's default) leaves 0.9**50 = 0.005
+    # after 50 steps.
+    batch_norm_momentum: float = 0.9
     # Internal layout; inputs are always channels_last images.
     data_format: Literal["channels_last", "channels_first"] = "channels_last"
 
@@ -305,6 +312,12 @@ def _check(config):
     )
     require(
         0.0 <= model.dropout < 1.0, "model.dropout", "in [0, 1)", model.dropout
+    )
+    require(
+        0.0 <= model.batch_norm_momentum < 1.0,
+        "model.batch_norm_momentum",
+        "in [0, 1)",
+        model.batch_norm_momentum,
     )
     require(
         0.0 <= train.label_smoothing < 1.0,

@@ -196,7 +196,9 @@ class _Builder:
         )(x)
         if batch_norm:
             x = keras.layers.BatchNormalization(
-                axis=self.channel_axis, name=f"{name}_bn"
+                axis=self.channel_axis,
+                momentum=self.config.batch_norm_momentum,
+                name=f"{name}_bn",
             )(x)
         if not activate:
             return x

@@ -54,6 +54,11 @@ def test_overrides_are_read_as_yaml():
         ({"data": {"source": "npz"}}, [], "`data.path` must be the path"),
         ({"downsampling_options": {"maxx": {}}}, [], "downsampling_options"),
         ({"train": 3}, [], "`train` must be a mapping"),
+        (
+            {"model": {"batch_norm_momentum": 1.0}},
+            [],
+            "`model.batch_norm_momentum` must be in [0, 1)",
+        ),
         ({}, ["train.epochs"], "must look like `key.sub=value`"),
         ({}, ["=3"], "must look like `key.sub=value`"),
         ({}, ["train.epochs.x=3"], "`train.epochs` must be int"),

@@ -271,6 +271,34 @@ def test_downsampling_options_reach_the_layer():
     assert len({layer.seed for layer in pooling_layers(model)}) == 2
 
 
+@pytest.mark.parametrize("momentum", [0.9, 0.5])
+def test_batch_norm_momentum_reaches_every_bn_layer(momentum):
+    model = build("resnet", "allconv", batch_norm_momentum=momentum)
+    bn = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert len(bn) > 10
+    assert {layer.momentum for layer in bn} == {momentum}
+
+
+def test_batch_norm_momentum_sets_the_moving_average():
+    """One training-mode call moves the moving mean by (1 - momentum) of the
+    way to the batch mean."""
+    config = ModelConfig(width=WIDTH, batch_norm_momentum=0.75)
+    model = build_model(config, "max", augment=False)
+    sub = keras.Model(model.input, model.get_layer("stage1_conv1").output)
+    batch_mean = np.mean(
+        keras.ops.convert_to_numpy(sub(IMAGES)), axis=(0, 1, 2)
+    )
+    model(IMAGES, training=True)
+    moving_mean = keras.ops.convert_to_numpy(
+        model.get_layer("stage1_conv1_bn").moving_mean
+    )
+    np.testing.assert_allclose(moving_mean, 0.25 * batch_mean, rtol=1e-4)
+
+
 def test_layer_seed_depends_on_run_seed_and_name():
     assert layer_seed(0, "conv1") == layer_seed(0, "conv1")
     assert layer_seed(0, "conv1") != layer_seed(1, "conv1")
