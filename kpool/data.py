@@ -38,7 +38,10 @@ To get CIFAR-10, do one of:
   3. Let tensorflow-datasets download and prepare it: --set data.download=true
      (and --set data.data_dir=DIR to choose where; needs tensorflow,
      tensorflow-datasets and importlib_resources:
-     pip install 'kpool[experiments]').
+     pip install 'kpool[experiments]')."""
+# Closes every unavailability message, but not the fallback banner: a run
+# that falls back has declared the fallback already.
+_OTHER_SOURCES = """\
 Or run on the synthetic stand-in: --set data.source=synthetic, or declare
 `fallback: synthetic` under `data:` in the config."""
 
@@ -73,13 +76,25 @@ class Dataset:
 class DataUnavailableError(RuntimeError):
     """The requested data is not on this machine.
 
-    The message says what was looked for and how to get the data or use
-    another source; `reason` holds its first line.
+    The message says what was looked for, how to get the data and how to
+    use another source; `reason` holds what was looked for, `how_to` how to
+    get it.
     """
 
     def __init__(self, reason, how_to=""):
-        super().__init__(f"{reason}\n{how_to}".rstrip())
+        super().__init__(
+            "\n".join(filter(None, [reason, how_to, _OTHER_SOURCES]))
+        )
         self.reason = reason
+        self.how_to = how_to
+
+
+class DataFormatError(ValueError):
+    """A data file is there but is not what its source expects.
+
+    Never replaced by a fallback: the message names the file, the array or
+    entry at fault, and what was expected.
+    """
 
 
 def load_dataset(
@@ -121,6 +136,8 @@ def load_dataset(
 
     Raises:
         DataUnavailableError: the data is not here and no fallback is set.
+        DataFormatError: a file is there but does not hold what `source`
+            expects (never replaced by the fallback).
         ValueError: an argument is invalid.
     """
     if source not in SOURCES:
@@ -345,10 +362,11 @@ def _warn_fallback(source, error):
     bar = "!" * 78
     lines = [
         f"DATA FALLBACK: {source} is not available; using the SYNTHETIC set.",
-        "The results of this run are NOT on "
-        f"{source}: they are recorded as dataset 'synthetic', fallback=True.",
+        f"The results of this run are NOT on {source}: every row records "
+        "dataset 'synthetic' and data_fallback=True.",
         "",
-        *str(error).splitlines(),
+        error.reason,
+        *error.how_to.splitlines(),
     ]
     body = "\n".join(f"!! {line}".rstrip() for line in lines)
     print(f"\n{bar}\n{body}\n{bar}\n", file=sys.stderr, flush=True)
@@ -411,7 +429,7 @@ def _read_cifar10(location):
             member = os.path.join(location, name)
             if os.path.isfile(member):
                 with open(member, "rb") as file:
-                    batches[name] = _read_batch(file)
+                    batches[name] = _read_batch(file, member)
     else:
         kind = "archive"
         # One streaming pass: random access into a .tar.gz decompresses it
@@ -424,7 +442,10 @@ def _read_cifar10(location):
                     and name in wanted
                     and posixpath.basename(folder) == _BATCHES_DIR
                 ):
-                    batches[name] = _read_batch(archive.extractfile(member))
+                    batches[name] = _read_batch(
+                        archive.extractfile(member),
+                        f"{location}:{member.name}",
+                    )
     missing = [name for name in wanted if name not in batches]
     if missing:
         raise DataUnavailableError(
@@ -443,13 +464,93 @@ def _read_cifar10(location):
     )
 
 
-def _read_batch(file):
+# What the batches of the CIFAR-10 python archive need, and no more: their
+# dicts, lists, bytes and ints are pickle opcodes; NumPy arrays and dtypes
+# are rebuilt by these functions. `numpy.core` is the NumPy 1 name the
+# original archive uses, `numpy._core` NumPy 2's. Protocol 2 pickles made
+# by Python 3 spell bytes as `_codecs.encode(str, "latin1")`.
+_PICKLE_GLOBALS = frozenset(
+    [
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    ]
+)
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only plain data and NumPy arrays.
+
+    `pickle.load` calls whatever a file names (`os.system`, `eval`, ...);
+    this unpickler refuses every global outside `_PICKLE_GLOBALS`, as
+    `torch.load(weights_only=True)` does.
+    """
+
+    def find_class(self, module, name):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refused to load `{module}.{name}`: a CIFAR-10 batch holds "
+                "only dicts, lists, bytes, ints and NumPy arrays"
+            )
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refused a persistent id")
+
+
+_IMAGE_BYTES = 3 * 32 * 32
+
+
+def _read_batch(file, where):
     # The format of the original archive: a pickled dict whose b"data" holds
     # one image per row as 3x32x32 uint8, channels first.
-    batch = pickle.load(file, encoding="bytes")
-    images = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32)
-    labels = np.asarray(batch[b"labels"], np.int32)
+    try:
+        batch = _BatchUnpickler(file, encoding="bytes").load()
+    except Exception as error:  # noqa: BLE001 (any failure: not a batch)
+        raise DataFormatError(
+            f"{where} is not a CIFAR-10 batch: unpickling it failed "
+            f"({type(error).__name__}: {error}). kpool never runs code from "
+            "a data file; if this file is not the original archive's, it "
+            "may be malicious."
+        ) from None
+    images = batch.get(b"data") if isinstance(batch, dict) else None
+    labels = batch.get(b"labels") if isinstance(batch, dict) else None
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 2
+        or images.shape[1] != _IMAGE_BYTES
+        or not isinstance(labels, list)
+        or len(labels) != len(images)
+        or not all(type(label) is int and 0 <= label < 10 for label in labels)
+    ):
+        raise DataFormatError(
+            f"{where} is not a CIFAR-10 batch: expected a dict with b'data', "
+            f"a uint8 array (N, {_IMAGE_BYTES}), and b'labels', a list of N "
+            f"ints in 0..9. Received: {_describe_batch(batch)}"
+        )
+    images = images.reshape(-1, 3, 32, 32)
+    labels = np.asarray(labels, np.int32)
     return np.ascontiguousarray(images.transpose(0, 2, 3, 1)), labels
+
+
+def _describe_batch(batch):
+    if not isinstance(batch, dict):
+        return type(batch).__name__
+    parts = []
+    for key in (b"data", b"labels"):
+        value = batch.get(key)
+        if isinstance(value, np.ndarray):
+            parts.append(f"{key!r}: array {value.shape} {value.dtype}")
+        elif isinstance(value, list):
+            parts.append(f"{key!r}: list of {len(value)}")
+        else:
+            parts.append(f"{key!r}: {type(value).__name__}")
+    return ", ".join(parts)
 
 
 def _load_tfds(data_dir, download):
@@ -512,6 +613,13 @@ def _tfds_split(tfds, builder, split):
 
 
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# The models normalise with CIFAR-10's per-channel statistics.
+_NPZ_CHANNELS = 3
+_NPZ_FORMAT = (
+    "x_train and x_test: uint8 images (N, height, width, 3), channels last; "
+    "y_train and y_test: N integer labels 0..K-1, shape (N,) or (N, 1), "
+    "every class in y_train"
+)
 
 
 def _load_npz(path):
@@ -519,67 +627,126 @@ def _load_npz(path):
     if not os.path.isfile(path):
         raise DataUnavailableError(
             f"`data.path`={path!r} is not a file.",
-            "Pass a .npz file holding arrays x_train, y_train, x_test, "
-            "y_test, or run on --set data.source=synthetic.",
+            "Pass a .npz file holding arrays x_train, y_train, x_test, y_test.",
         )
-    with np.load(path) as arrays:
+    try:
+        # No pickles: an object array could run code when loaded.
+        arrays = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise DataFormatError(
+            f"`data.path`={path!r} is not a .npz archive ({error}). "
+            f"Expected: {_NPZ_FORMAT}."
+        ) from None
+    if not isinstance(arrays, np.lib.npyio.NpzFile):
+        raise DataFormatError(
+            f"`data.path`={path!r} holds one array, not a .npz archive of "
+            f"x_train, y_train, x_test, y_test. Expected: {_NPZ_FORMAT}."
+        )
+    with arrays:
         missing = [key for key in _NPZ_KEYS if key not in arrays.files]
         if missing:
-            raise ValueError(
+            raise DataFormatError(
                 f"`data.path`={path!r} must hold arrays "
                 f"{', '.join(_NPZ_KEYS)}; it lacks {', '.join(missing)}. "
                 f"Found: {', '.join(arrays.files)}"
             )
-        x_train = _npz_images(arrays["x_train"], "x_train", path)
-        x_test = _npz_images(arrays["x_test"], "x_test", path)
-        y_train = _npz_labels(arrays["y_train"], "y_train", len(x_train), path)
-        y_test = _npz_labels(arrays["y_test"], "y_test", len(x_test), path)
+        loaded = {key: _npz_array(arrays, key, path) for key in _NPZ_KEYS}
+    x_train = _npz_images(loaded["x_train"], "x_train", path)
+    x_test = _npz_images(loaded["x_test"], "x_test", path)
     if x_train.shape[1:] != x_test.shape[1:]:
-        raise ValueError(
-            f"x_train and x_test in {path} must have the same image shape. "
-            f"Received: {x_train.shape[1:]} and {x_test.shape[1:]}"
+        raise DataFormatError(
+            f"`x_train` and `x_test` in {path} must have the same image "
+            f"shape. Received: {x_train.shape[1:]} and {x_test.shape[1:]}"
         )
+    y_train = _npz_labels(loaded["y_train"], "y_train", len(x_train), path)
+    y_test = _npz_labels(loaded["y_test"], "y_test", len(x_test), path)
+    num_classes = _npz_num_classes(y_train, y_test, path)
     return Dataset(
         name=f"npz:{os.path.basename(path)}",
         x_train=x_train,
         y_train=y_train,
         x_test=x_test,
         y_test=y_test,
-        num_classes=int(max(y_train.max(), y_test.max())) + 1,
+        num_classes=num_classes,
         source_note=f"npz:{os.path.abspath(path)}",
     )
 
 
+def _npz_array(arrays, key, path):
+    try:
+        return arrays[key]
+    except ValueError as error:
+        # NumPy's words for an object array under allow_pickle=False.
+        raise DataFormatError(
+            f"`{key}` in {path} cannot be loaded: {error}. kpool loads .npz "
+            "files without pickles; save plain numeric arrays (e.g. "
+            f"np.asarray({key}, np.uint8) for images)."
+        ) from None
+
+
 def _npz_images(images, key, path):
-    # Grey images may come without a channel axis.
-    if images.ndim == 3:
-        images = images[..., None]
     if (
         images.ndim != 4
-        or not np.issubdtype(images.dtype, np.integer)
-        or images.size == 0
-        or images.min() < 0
-        or images.max() > 255
+        or images.dtype != np.uint8
+        or images.shape[-1] != _NPZ_CHANNELS
+        or len(images) == 0
     ):
-        raise ValueError(
-            f"`{key}` in {path} must be integer images (N, height, width"
-            f"[, channels]) with values in 0..255, channels last. "
-            f"Received: shape={images.shape}, dtype={images.dtype}"
+        hint = ""
+        if images.ndim == 3 or images.ndim == 4 and images.shape[-1] == 1:
+            hint = (
+                " Grey images: repeat them into 3 channels, e.g. "
+                "np.repeat(x.reshape(*x.shape[:3], 1), 3, axis=-1)."
+            )
+        elif images.dtype != np.uint8:
+            hint = (
+                " Images in 0..255: save x.astype(np.uint8); in 0..1: "
+                "save np.round(x * 255).astype(np.uint8)."
+            )
+        raise DataFormatError(
+            f"`{key}` in {path} must be uint8 images (N, height, width, "
+            f"{_NPZ_CHANNELS}), channels last, N >= 1. Received: "
+            f"shape={images.shape}, dtype={images.dtype}.{hint}"
         )
-    return images.astype(np.uint8)
+    return images
 
 
 def _npz_labels(labels, key, count, path):
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
-    if (
-        labels.shape != (count,)
-        or not np.issubdtype(labels.dtype, np.integer)
-        or labels.min() < 0
-    ):
-        raise ValueError(
-            f"`{key}` in {path} must be {count} non-negative integer labels, "
-            f"shape ({count},) or ({count}, 1). "
+    if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataFormatError(
+            f"`{key}` in {path} must be {count} integer labels (one per "
+            f"image of `x{key[1:]}`), shape ({count},) or ({count}, 1). "
             f"Received: shape={labels.shape}, dtype={labels.dtype}"
         )
+    if labels.min() < 0:
+        raise DataFormatError(
+            f"`{key}` in {path} must hold labels 0..K-1. Received: a label "
+            f"{labels.min()}"
+        )
     return labels.astype(np.int32)
+
+
+def _npz_num_classes(y_train, y_test, path):
+    """K from the training labels, which must use every class 0..K-1."""
+    num_classes = int(y_train.max()) + 1
+    counts = np.bincount(y_train, minlength=num_classes)
+    empty = np.flatnonzero(counts == 0)
+    if num_classes < 2 or len(empty):
+        raise DataFormatError(
+            f"`y_train` in {path} must hold labels 0..K-1 with every class "
+            f"present and K >= 2. Received: K={num_classes} (largest label "
+            f"{num_classes - 1}), classes without an example: "
+            f"{_some(empty)}. Labels must count from 0 without gaps."
+        )
+    if y_test.max() >= num_classes:
+        raise DataFormatError(
+            f"`y_test` in {path} must hold labels 0..{num_classes - 1}, the "
+            f"classes of `y_train`. Received: a label {y_test.max()}"
+        )
+    return num_classes
+
+
+def _some(values, limit=10):
+    text = ", ".join(str(v) for v in values[:limit])
+    return f"{text}, ..." if len(values) > limit else text or "none"

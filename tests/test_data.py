@@ -8,7 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from kpool.data import DataUnavailableError, load_dataset, synthetic_dataset
+from kpool.data import (
+    DataFormatError,
+    DataUnavailableError,
+    load_dataset,
+    synthetic_dataset,
+)
 
 BATCH_SIZE = 6  # images per fake CIFAR-10 batch file
 
@@ -21,6 +26,15 @@ def to_cifar_rows(images):
             np.concatenate([image[:, :, c].ravel() for c in range(3)])
             for image in images
         ]
+    )
+
+
+def original_pickle(batch):
+    # The archive was written with protocol 2 by NumPy 1, whose array
+    # reconstructor lives in numpy.core (numpy._core in NumPy 2). Protocol 2
+    # names globals in text lines, so the name can be swapped in place.
+    return pickle.dumps(batch, protocol=2).replace(
+        b"numpy._core.", b"numpy.core."
     )
 
 
@@ -43,10 +57,10 @@ def fake_cifar10(tmp_path_factory):
             b"data": to_cifar_rows(batch_images),
             b"filenames": [b"x.png"] * BATCH_SIZE,
         }
-        with open(folder / name, "wb") as file:
-            pickle.dump(batch, file)
-    with open(folder / "batches.meta", "wb") as file:
-        pickle.dump({b"label_names": [b"class"] * 10}, file)
+        (folder / name).write_bytes(original_pickle(batch))
+    (folder / "batches.meta").write_bytes(
+        original_pickle({b"label_names": [b"class"] * 10})
+    )
     archive = root / "archive" / "cifar-10-python.tar.gz"
     archive.parent.mkdir()
     with tarfile.open(archive, "w:gz") as tar:
@@ -118,6 +132,89 @@ def test_cifar10_folder_missing_a_batch(fake_cifar10, tmp_path):
         os.symlink(fake_cifar10["folder"] / name, folder / name)
     with pytest.raises(DataUnavailableError, match="lacks data_batch_3"):
         load_dataset("cifar10", path=folder)
+
+
+class RunsACommand:
+    """Unpickling it runs `touch <marker>`, as pickle.load would."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar10_crafted_pickle_is_refused(fake_cifar10, tmp_path):
+    marker = tmp_path / "ran"
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        os.symlink(fake_cifar10["folder"] / name, folder / name)
+    (folder / "data_batch_3").unlink()
+    batch = {b"data": RunsACommand(marker), b"labels": [0]}
+    (folder / "data_batch_3").write_bytes(pickle.dumps(batch))
+    # The crafted file does run the command under a plain pickle.load.
+    with open(folder / "data_batch_3", "rb") as file:
+        pickle.load(file)
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(DataFormatError) as raised:
+        load_dataset("cifar10", path=folder, fallback="synthetic")
+    assert not marker.exists()
+    message = str(raised.value)
+    assert "data_batch_3 is not a CIFAR-10 batch" in message
+    assert f"refused to load `{os.system.__module__}.system`" in message
+
+
+def test_cifar10_crafted_archive_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    batch = tmp_path / "data_batch_1"
+    batch.write_bytes(pickle.dumps(RunsACommand(marker), protocol=2))
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(batch, arcname="cifar-10-batches-py/data_batch_1")
+    with pytest.raises(DataFormatError, match="refused to load"):
+        load_dataset("cifar10", path=archive)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar10_batch_in_any_pickle_protocol(fake_cifar10, tmp_path, protocol):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(fake_cifar10["folder"] / name, "rb") as file:
+            batch = pickle.load(file, encoding="bytes")
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    assert_is_fake_cifar10(load_dataset("cifar10", path=folder), fake_cifar10)
+
+
+@pytest.mark.parametrize(
+    "batch, received",
+    [
+        ([1, 2], "Received: list"),
+        ({b"labels": [0]}, "b'data': NoneType"),
+        (
+            {b"data": np.zeros((1, 3072), "float32"), b"labels": [0]},
+            "b'data': array (1, 3072) float32",
+        ),
+        (
+            {b"data": np.zeros((2, 3072), "uint8"), b"labels": [0, 10]},
+            "b'labels': list of 2",
+        ),
+    ],
+)
+def test_cifar10_batch_of_the_wrong_shape(tmp_path, batch, received):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(pickle.dumps(batch))
+    with pytest.raises(DataFormatError) as raised:
+        load_dataset("cifar10", path=folder)
+    assert "expected a dict with b'data', a uint8 array (N, 3072)" in str(
+        raised.value
+    )
+    assert received in str(raised.value)
 
 
 def test_cifar10_unavailable_fails_fast_with_instructions(nothing_cached):
@@ -234,24 +331,28 @@ def test_tfds_prepared_is_read_without_download(tfds, capsys):
     assert dataset.x_test.shape == (5, 32, 32, 3)
 
 
-@pytest.mark.parametrize("grey", [False, True])
-def test_npz_arrays(tmp_path, grey):
+def write_npz(path, **changes):
+    """A valid npz (8 + 4 RGB images, 7 classes) with `changes` applied."""
     rng = np.random.default_rng(0)
-    shape = (8, 28, 28) if grey else (8, 16, 16, 3)
     arrays = {
-        "x_train": rng.integers(0, 256, shape, dtype="uint8"),
-        "y_train": np.array([0, 1, 2, 3, 4, 0, 1, 2]).reshape(8, 1),
-        "x_test": rng.integers(0, 256, (4, *shape[1:]), dtype="uint8"),
+        "x_train": rng.integers(0, 256, (8, 16, 16, 3), dtype="uint8"),
+        "y_train": np.array([0, 1, 2, 3, 4, 5, 6, 2]).reshape(8, 1),
+        "x_test": rng.integers(0, 256, (4, 16, 16, 3), dtype="uint8"),
         "y_test": np.array([5, 6, 0, 1], dtype="int64"),
     }
+    arrays.update(changes)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return arrays
+
+
+def test_npz_arrays(tmp_path):
     path = tmp_path / "digits.npz"
-    np.savez(path, **arrays)
+    arrays = write_npz(path)
     dataset = load_dataset("npz", path=str(path))
     assert dataset.name == "npz:digits.npz"
     assert dataset.source_note == f"npz:{path}"
     assert dataset.num_classes == 7
-    expected_x = arrays["x_train"][..., None] if grey else arrays["x_train"]
-    np.testing.assert_array_equal(dataset.x_train, expected_x)
+    np.testing.assert_array_equal(dataset.x_train, arrays["x_train"])
     np.testing.assert_array_equal(dataset.y_train, arrays["y_train"][:, 0])
     assert dataset.y_test.dtype == np.int32
 
@@ -259,21 +360,96 @@ def test_npz_arrays(tmp_path, grey):
 def test_npz_missing_arrays(tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, x_train=np.zeros((2, 4, 4, 3), "uint8"))
-    with pytest.raises(ValueError, match="lacks y_train, x_test, y_test"):
+    with pytest.raises(DataFormatError, match="lacks y_train, x_test, y_test"):
         load_dataset("npz", path=path)
 
 
-def test_npz_float_images(tmp_path):
-    path = tmp_path / "floats.npz"
-    np.savez(
-        path,
-        x_train=np.zeros((2, 4, 4, 3), "float32"),
-        y_train=np.zeros(2, "int64"),
-        x_test=np.zeros((2, 4, 4, 3), "float32"),
-        y_test=np.zeros(2, "int64"),
-    )
-    with pytest.raises(ValueError, match="`x_train` .* values in 0..255"):
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        # The issue's case: grey images without a channel axis.
+        (
+            {"x_train": np.zeros((8, 28, 28), "uint8")},
+            r"`x_train` .* must be uint8 images \(N, height, width, 3\).*"
+            r"shape=\(8, 28, 28\).*repeat them into 3 channels",
+        ),
+        (
+            {"x_test": np.zeros((4, 16, 16, 1), "uint8")},
+            r"`x_test` .*shape=\(4, 16, 16, 1\).*repeat them into 3",
+        ),
+        (
+            {"x_train": np.zeros((8, 16, 16, 3), "float32")},
+            r"`x_train` .*dtype=float32.*np.round\(x \* 255\)",
+        ),
+        (
+            {"x_train": np.zeros((8, 16, 16, 3), "int64")},
+            r"`x_train` .*dtype=int64.*x.astype\(np.uint8\)",
+        ),
+        (
+            {"x_test": np.zeros((4, 12, 16, 3), "uint8")},
+            r"same image shape. Received: \(16, 16, 3\) and \(12, 16, 3\)",
+        ),
+        (
+            {"y_train": np.zeros(7, "int64")},
+            r"`y_train` .*must be 8 integer labels .*shape=\(7,\)",
+        ),
+        (
+            {"y_test": np.zeros(4, "float32")},
+            r"`y_test` .*must be 4 integer labels.*dtype=float32",
+        ),
+        (
+            {"y_train": np.array([0, 1, -1, 2, 3, 4, 5, 6])},
+            r"`y_train` .*labels 0..K-1. Received: a label -1",
+        ),
+        # Labels counted from 1: class 0 is empty.
+        (
+            {"y_train": np.array([1, 2, 3, 4, 5, 6, 7, 1])},
+            r"`y_train` .*every class present.*K=8.*without an example: 0\.",
+        ),
+        (
+            {"y_train": np.zeros(8, "int64"), "y_test": np.zeros(4, "int64")},
+            r"K >= 2. Received: K=1",
+        ),
+        (
+            {"y_test": np.array([0, 1, 7, 2])},
+            r"`y_test` .*labels 0..6, the classes of `y_train`.*a label 7",
+        ),
+    ],
+)
+def test_npz_errors_name_the_array_and_the_format(tmp_path, changes, message):
+    path = tmp_path / "bad.npz"
+    write_npz(path, **changes)
+    with pytest.raises(DataFormatError, match=message):
         load_dataset("npz", path=path)
+
+
+def test_npz_object_array_is_refused(tmp_path):
+    path = tmp_path / "objects.npz"
+    labels = np.array([0, 1, "two", 3, 4, 5, 6, 2], dtype=object)
+    write_npz(path, y_train=labels)
+    with pytest.raises(
+        DataFormatError, match="`y_train` in .* without pickles"
+    ):
+        load_dataset("npz", path=path)
+
+
+def test_npz_that_is_a_pickle_or_one_array(tmp_path):
+    pickled = tmp_path / "pickled.npz"
+    pickled.write_bytes(pickle.dumps({"x_train": np.zeros(3)}))
+    with pytest.raises(DataFormatError, match="is not a .npz archive"):
+        load_dataset("npz", path=pickled)
+    single = tmp_path / "single.npy"
+    np.save(single, np.zeros((2, 4, 4, 3), "uint8"))
+    with pytest.raises(DataFormatError, match="holds one array"):
+        load_dataset("npz", path=single)
+
+
+def test_bad_npz_is_not_replaced_by_the_fallback(tmp_path, capsys):
+    path = tmp_path / "grey.npz"
+    write_npz(path, x_train=np.zeros((8, 28, 28), "uint8"))
+    with pytest.raises(DataFormatError):
+        load_dataset("npz", path=path, fallback="synthetic")
+    assert "DATA FALLBACK" not in capsys.readouterr().err
 
 
 def test_npz_missing_file(tmp_path):
@@ -304,7 +480,7 @@ def test_invalid_arguments(kwargs, message):
 def indexed_npz(tmp_path):
     """20 images of each of 10 classes, in random order; pixel = index."""
     labels = np.random.default_rng(1).permutation(np.arange(200) % 10)
-    images = np.arange(200).reshape(200, 1, 1, 1)
+    images = np.repeat(np.arange(200).reshape(200, 1, 1, 1), 3, axis=-1)
     path = tmp_path / "indexed.npz"
     np.savez(
         path,
@@ -321,10 +497,9 @@ def test_subsets_are_seeded_and_class_balanced(indexed_npz):
     dataset = load_dataset("npz", path=path, subset=50, test_subset=20, seed=3)
     assert np.bincount(dataset.y_train, minlength=10).tolist() == [5] * 10
     # Each kept image keeps its own label.
-    np.testing.assert_array_equal(
-        dataset.y_train, labels[dataset.x_train.ravel()]
-    )
-    assert len(set(dataset.x_train.ravel())) == 50
+    index = dataset.x_train[:, 0, 0, 0]
+    np.testing.assert_array_equal(dataset.y_train, labels[index])
+    assert len(set(index)) == 50
     assert dataset.x_test.shape[0] == 20
 
     again = load_dataset("npz", path=path, subset=50, seed=3)
