@@ -79,6 +79,8 @@ class DataConfig:
     # Let tensorflow-datasets download CIFAR-10 when it is not prepared.
     download: bool = False
     # Used, loudly and recorded in every row, when `source` is unavailable.
+    # It covers only the data the config file names: an override of
+    # `data.source` or `data.path` turns it off (see `config_from_dict`).
     fallback: Optional[Literal["synthetic"]] = None
     augment: bool = True
 
@@ -122,6 +124,13 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LogConfig:
+    # Keras's TensorBoard logs of each run, in
+    # OUTPUT_DIR/NAME/tensorboard/<run_id>.
+    tensorboard: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"
     output_dir: str = "results"
@@ -138,6 +147,7 @@ class ExperimentConfig:
     # Turns on deterministic ops (slower on some backends).
     deterministic: bool = False
     eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
 
     def to_dict(self):
         return to_dict(self)
@@ -370,9 +380,23 @@ def apply_overrides(data, overrides):
     return data
 
 
+# Keys that name the data a user wants.
+DATA_CHOICE_KEYS = ("data.source", "data.path")
+
+
 def config_from_dict(data, overrides=()):
-    """Builds and checks an `ExperimentConfig` from plain data."""
-    config = _build(ExperimentConfig, apply_overrides(data or {}, overrides))
+    """Builds and checks an `ExperimentConfig` from plain data.
+
+    A `data.fallback` of `data` stands in only for the data that `data`
+    names: data named by an override of `DATA_CHOICE_KEYS` must load or
+    fail, so such an override turns the fallback off (unless the overrides
+    set `data.fallback` themselves).
+    """
+    merged = apply_overrides(data or {}, overrides)
+    overridden = {parse_override(text)[0] for text in overrides}
+    if overridden & set(DATA_CHOICE_KEYS) and "data.fallback" not in overridden:
+        merged["data"]["fallback"] = None
+    config = _build(ExperimentConfig, merged)
     _check(config)
     return config
 

@@ -110,3 +110,34 @@ def test_round_trip_through_dict():
 def test_shipped_configs_load(path):
     config = cfg.load_config(path)
     assert config.name == path.stem
+
+
+FILE_WITH_FALLBACK = {"data": {"source": "cifar10", "fallback": "synthetic"}}
+
+
+@pytest.mark.parametrize(
+    "overrides, fallback",
+    [
+        ([], "synthetic"),
+        (["data.subset=100", "train.epochs=1"], "synthetic"),
+        # Data the user names must load or fail, not become synthetic.
+        (["data.source=npz", "data.path=/x.npz"], None),
+        (["data.path=/data/cifar-10-python.tar.gz"], None),
+        (["data.source=cifar10"], None),
+        # Unless the user asks for the fallback too.
+        (["data.path=/x", "data.fallback=synthetic"], "synthetic"),
+    ],
+)
+def test_fallback_covers_only_the_data_the_file_names(overrides, fallback):
+    config = cfg.config_from_dict(FILE_WITH_FALLBACK, overrides)
+    assert config.data.fallback == fallback
+
+
+def test_log_section():
+    assert cfg.config_from_dict({}).log.tensorboard is False
+    config = cfg.config_from_dict({}, ["log.tensorboard=true"])
+    assert config.log.tensorboard is True
+    with pytest.raises(cfg.ConfigError, match="Unknown key `log.tensorbord`"):
+        cfg.config_from_dict({"log": {"tensorbord": True}})
+    with pytest.raises(cfg.ConfigError, match="`log.tensorboard` must be bool"):
+        cfg.config_from_dict({"log": {"tensorboard": "yes"}})
