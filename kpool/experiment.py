@@ -9,7 +9,8 @@ of what determines its numbers:
   `seeds` narrowed to the run's one choice and seed, and
   `downsampling_options` to that choice's options. Keys that cannot change
   the numbers are left out (`NON_RESULT_KEYS`: the experiment's name, where
-  results go, and whether data may be downloaded or replaced by a fallback);
+  results go, whether data may be downloaded or replaced by a fallback, and
+  what is logged);
 - the data set actually used (`synthetic` after a fallback, so that real
   CIFAR-10 results are not mistaken for synthetic ones later);
 - the Keras backend.
@@ -22,6 +23,7 @@ the run in progress.
 
 import dataclasses
 import importlib
+import importlib.util
 import json
 import pathlib
 import platform
@@ -32,14 +34,20 @@ import traceback
 from datetime import datetime, timezone
 
 from kpool import results
-from kpool.config import ConfigError, config_hash
+from kpool.config import ConfigError, config_hash, resolve_downsampling
 
-NON_RESULT_KEYS = ("name", "output_dir", "data.download", "data.fallback")
+NON_RESULT_KEYS = (
+    "name",
+    "output_dir",
+    "data.download",
+    "data.fallback",
+    "log",
+)
 # Grid keys: an experiment directory may grow along them; every other key
 # must match the config its earlier results were produced with.
 GRID_KEYS = ("downsampling", "seeds")
-# Choices that are not registry layers but changes to the convolutions.
-CONV_CHOICES = ("strided", "allconv")
+# Under the experiment directory: one TensorBoard log directory per run_id.
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,11 +175,14 @@ def _check_directory_config(directory, data):
 
 
 def _check_downsampling_names(config):
-    from kpool.registry import downsampling_names
+    """The config knows every choice's name; this checks that this install
+    of kpool has it."""
+    from kpool.models import downsampling_choices
 
-    known = (*downsampling_names(), *CONV_CHOICES)
+    known = downsampling_choices()
     for i, name in enumerate(config.downsampling):
-        if name not in known:
+        choice, _ = resolve_downsampling(name, config.downsampling_options)
+        if choice not in known:
             raise ConfigError(
                 f"`downsampling[{i}]` must be one of {', '.join(known)}. "
                 f"Received: downsampling[{i}]={name!r}"
@@ -268,12 +279,6 @@ def _now():
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _banner(lines, stream):
-    rule = "!" * 78
-    print(rule, *(f"!! {line}" for line in lines), rule, sep="\n", file=stream)
-    stream.flush()
-
-
 def _duration(seconds):
     minutes, seconds = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -309,20 +314,13 @@ def run_experiment(config, *, shard=None, verbose=1, out=None):
         print(*parts, file=out or sys.stdout, flush=True)
 
     _check_downsampling_names(config)
+    _check_logging(config)
+    # The data first: a missing file is the error to see, not a directory
+    # that holds another config's results. `load_dataset` prints the
+    # fallback banner.
+    dataset = load_data(config)
     directory = pathlib.Path(config.output_dir) / config.name
     config_data = _check_directory_config(directory, config.to_dict())
-    dataset = load_data(config)
-    if dataset.fallback:
-        _banner(
-            [
-                f"Data source {config.data.source!r} is not available: "
-                f"{dataset.source_note}",
-                f"Training on the {dataset.name.upper()} fallback instead. "
-                "Its numbers say nothing about real images;",
-                f"every row records dataset={dataset.name!r}.",
-            ],
-            sys.stderr,
-        )
     _check_models(config, dataset)
     env = environment()
 
@@ -363,7 +361,8 @@ def run_experiment(config, *, shard=None, verbose=1, out=None):
             f"== run {number} of {len(todo)} (downsampling={spec.downsampling}"
             f", seed={spec.seed}) elapsed {_duration(elapsed)}, {left}"
         )
-        row, epochs = _train_one(config, spec, dataset, verbose)
+        callbacks = _run_callbacks(config, directory, key)
+        row, epochs = _train_one(config, spec, dataset, verbose, callbacks)
         row = {
             **shared,
             "run_id": key,
@@ -387,7 +386,36 @@ def run_experiment(config, *, shard=None, verbose=1, out=None):
     return Outcome(directory, trained, [spec for spec, *_ in skipped], failed)
 
 
-def _train_one(config, spec, dataset, verbose):
+def _check_logging(config):
+    # Keras's TensorBoard callback writes with tf.summary on every backend,
+    # and tf.summary needs the tensorboard package, which TensorFlow no
+    # longer installs.
+    if config.log.tensorboard:
+        missing = [
+            name
+            for name in ("tensorflow", "tensorboard")
+            if importlib.util.find_spec(name) is None
+        ]
+        if missing:
+            raise ConfigError(
+                "`log.tensorboard` needs TensorFlow and TensorBoard (Keras's "
+                "TensorBoard callback writes with tf.summary on any backend): "
+                f"pip install {' '.join(missing)}. Received: "
+                "log.tensorboard=True"
+            )
+
+
+def _run_callbacks(config, directory, key):
+    """Keras callbacks that log one run, as `config.log` asks."""
+    if not config.log.tensorboard:
+        return []
+    import keras
+
+    log_dir = directory / TENSORBOARD_DIR / key
+    return [keras.callbacks.TensorBoard(log_dir=str(log_dir))]
+
+
+def _train_one(config, spec, dataset, verbose, callbacks=()):
     """Trains one run; returns its row values and epoch rows."""
     from kpool.training import train_run
 
@@ -406,7 +434,12 @@ def _train_one(config, spec, dataset, verbose):
     epochs = []
     try:
         result = train_run(
-            config, spec.downsampling, spec.seed, dataset, verbose=verbose
+            config,
+            spec.downsampling,
+            spec.seed,
+            dataset,
+            verbose=verbose,
+            callbacks=list(callbacks),
         )
         row.update(result.metrics)
         epochs = list(result.epochs)

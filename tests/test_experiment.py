@@ -90,6 +90,7 @@ def test_run_id_ignores_what_cannot_change_results(config):
             "name": "other",
             "output_dir": "/elsewhere",
             "data": {"download": True, "fallback": "synthetic"},
+            "log": {"tensorboard": True},
         }
     )
     assert run_ids(renamed) == ids
@@ -208,9 +209,128 @@ def test_fallback_is_loud_and_recorded(tmp_path, monkeypatch, capsys):
         }
     )
     experiment.run_experiment(config, verbose=0)
-    assert "Training on the SYNTHETIC fallback" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # One banner, and no advice to declare the fallback the config declares.
+    assert err.count("DATA FALLBACK") == 1
+    assert "using the SYNTHETIC set" in err
+    assert "`fallback: synthetic`" not in err
     row = pd.read_csv(tmp_path / "experiment" / "runs.csv").iloc[0]
     assert row["dataset"] == "synthetic"
     assert bool(row["data_fallback"]) is True
     assert "cifar10 unavailable" in row["data_source_note"]
     assert (row["n_train"], row["n_test"]) == (20, 10)
+
+
+def stand_in_trainer(monkeypatch, calls):
+    """Replaces training with a call recorder; returns nothing useful."""
+    import types
+
+    import kpool.training
+
+    def train_run(config, downsampling, seed, dataset, **kwargs):
+        calls.append(kwargs)
+        return types.SimpleNamespace(metrics={"test_accuracy": 0.5}, epochs=[])
+
+    monkeypatch.setattr(kpool.training, "train_run", train_run)
+
+
+def test_data_is_checked_before_the_directory(tmp_path, monkeypatch):
+    """A missing file is the error a user sees, even where the directory
+    holds another config's results."""
+    import yaml
+
+    from kpool.data import DataUnavailableError
+
+    stand_in_trainer(monkeypatch, [])
+    directory = tmp_path / "experiment"
+    directory.mkdir()
+    (directory / "config.yaml").write_text(
+        yaml.safe_dump(config_from_dict({"train": {"epochs": 7}}).to_dict())
+    )
+    config = config_from_dict(
+        {
+            "output_dir": str(tmp_path),
+            "data": {"source": "npz", "path": str(tmp_path / "absent.npz")},
+        }
+    )
+    with pytest.raises(DataUnavailableError, match="absent.npz"):
+        experiment.run_experiment(config, verbose=0)
+    # With the data there, the directory check still refuses the mix.
+    config = config_from_dict(
+        {
+            "output_dir": str(tmp_path),
+            "data": {"source": "synthetic", "subset": 20, "test_subset": 10},
+        }
+    )
+    with pytest.raises(ConfigError, match="holds results of a different"):
+        experiment.run_experiment(config, verbose=0)
+
+
+def test_tensorboard_callback_per_run(tmp_path, monkeypatch):
+    calls = []
+    stand_in_trainer(monkeypatch, calls)
+    data = {
+        "output_dir": str(tmp_path),
+        "downsampling": ["max", "avg"],
+        "data": {"source": "synthetic", "subset": 20, "test_subset": 10},
+    }
+    experiment.run_experiment(config_from_dict(data), verbose=0)
+    assert [call["callbacks"] for call in calls] == [[], []]
+
+    calls.clear()
+    logged = config_from_dict(
+        {**data, "name": "logged"}, ["log.tensorboard=true"]
+    )
+    outcome = experiment.run_experiment(logged, verbose=0)
+    import keras
+    import pandas as pd
+
+    runs = pd.read_csv(outcome.directory / "runs.csv", dtype={"run_id": str})
+    log_dirs = []
+    for call in calls:
+        (callback,) = call["callbacks"]
+        assert isinstance(callback, keras.callbacks.TensorBoard)
+        log_dirs.append(callback.log_dir)
+    assert log_dirs == [
+        str(outcome.directory / "tensorboard" / key) for key in runs["run_id"]
+    ]
+
+
+@pytest.mark.slow
+def test_tensorboard_logs_are_written(tmp_path):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorboard")
+    config = config_from_dict(
+        {
+            "output_dir": str(tmp_path),
+            "model": {"width": 4},
+            "data": {"source": "synthetic", "subset": 64, "test_subset": 32},
+            "train": {"epochs": 1, "batch_size": 32},
+            "eval": {"shift_metrics": False},
+            "log": {"tensorboard": True},
+        }
+    )
+    outcome = experiment.run_experiment(config, verbose=0)
+    assert not outcome.failed
+    events = list((outcome.directory / "tensorboard").glob("*/*/events.*"))
+    # Keras writes train/ and validation/ event files.
+    assert {path.parent.name for path in events} == {"train", "validation"}
+
+
+def test_tensorboard_without_the_package_fails_before_training(
+    tmp_path, monkeypatch
+):
+    calls = []
+    stand_in_trainer(monkeypatch, calls)
+    real_find_spec = experiment.importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "tensorboard" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(experiment.importlib.util, "find_spec", find_spec)
+    config = config_from_dict(
+        {"output_dir": str(tmp_path), "log": {"tensorboard": True}}
+    )
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
+        experiment.run_experiment(config, verbose=0)
+    assert not calls and not (tmp_path / "experiment").exists()
