@@ -1,6 +1,7 @@
 """The `kpool` command: run an experiment, report it, merge shards.
 
     kpool run CONFIG [--set key.sub=value ...] [--shard i/n] [--output-dir D]
+              [--verbose 0|1|2]
     kpool report DIR
     kpool merge DIR_OR_RUNS_CSV ... --out DIR
 
@@ -13,9 +14,12 @@ import argparse
 import os
 import sys
 
-# TensorFlow's C++ start-up banners would bury the progress lines; a user who
-# wants them sets the variable.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ logs (start-up banners, and on a machine without a GPU an
+# error-level "failed call to cuInit") would bury the progress lines; real
+# failures still reach Python as exceptions. TensorFlow reads the variable
+# when it is imported, so it is set before anything imports it; a user who
+# wants the logs sets it (TF_CPP_MIN_LOG_LEVEL=0).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 RUN_EPILOG = """\
 Results go to OUTPUT_DIR/NAME (the config's `output_dir` and `name`):
@@ -60,9 +64,10 @@ def _parser():
         "--verbose",
         type=int,
         choices=(0, 1, 2),
-        default=1,
+        default=None,
         help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line "
-        "per epoch (default 1)",
+        "per epoch (default: 1 on a terminal, 2 when the output goes to a "
+        "file or pipe)",
     )
 
     report = commands.add_parser(
@@ -83,6 +88,15 @@ def _parser():
     return parser
 
 
+def default_verbosity(stream):
+    """1 (a progress bar) on a terminal; 2 (one line per epoch) otherwise,
+    where a progress bar would write one long line of redraws per epoch."""
+    try:
+        return 1 if stream.isatty() else 2
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return 2
+
+
 def _run(args):
     from kpool.config import load_config
     from kpool.experiment import parse_shard, run_experiment
@@ -92,7 +106,10 @@ def _run(args):
         overrides.append(f"output_dir={args.output_dir}")
     config = load_config(args.config, overrides)
     shard = parse_shard(args.shard) if args.shard is not None else None
-    outcome = run_experiment(config, shard=shard, verbose=args.verbose)
+    verbose = args.verbose
+    if verbose is None:
+        verbose = default_verbosity(sys.stdout)
+    outcome = run_experiment(config, shard=shard, verbose=verbose)
     return 1 if outcome.failed else 0
 
 
