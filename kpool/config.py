@@ -24,6 +24,8 @@ DOWNSAMPLING_CHOICES = (
     "stochastic",
     "strided",
     "allconv",
+    "blurstrided",
+    "dilated",
 )
 MODEL_FAMILIES = ("small_cnn", "model_c", "vgg", "resnet")
 
@@ -38,9 +40,10 @@ class ModelConfig:
     family: str = "small_cnn"
     # Channels of the first stage; `None` takes the family's default.
     width: Optional[int] = None
-    # Classifier head: global average pooling, global max pooling, or
-    # flatten + dense.
-    head: Literal["gap", "gmp", "flatten"] = "gap"
+    # Classifier head: global average pooling, global max pooling,
+    # flatten + dense, generalized-mean pooling (GeM) or a spatial pyramid
+    # (SPP, bins 1, 2, 4) + dense.
+    head: Literal["gap", "gmp", "flatten", "gem", "spp"] = "gap"
     # Where the downsampling op sits relative to the activation before it:
     # min pooling right after a ReLU outputs mostly zeros.
     pool_position: Literal["after_activation", "before_activation"] = (
@@ -136,8 +139,10 @@ class ExperimentConfig:
     output_dir: str = "results"
     model: ModelConfig = ModelConfig()
     downsampling: tuple[str, ...] = ("max",)
-    # Extra keyword arguments per registry name, e.g.
-    # {"mixed": {"alpha": 0.75, "granularity": "channel"}}.
+    # Extra keyword arguments per choice, e.g.
+    # {"mixed": {"alpha": 0.75, "granularity": "channel"}}, or a named
+    # variant of a choice: {"maxblurpool_f5": {"choice": "maxblurpool",
+    # "filter_size": 5}} (see `resolve_downsampling`).
     downsampling_options: dict = dataclasses.field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
     data: DataConfig = DataConfig()
@@ -146,11 +151,31 @@ class ExperimentConfig:
     jit_compile: Union[bool, Literal["auto"]] = "auto"
     # Turns on deterministic ops (slower on some backends).
     deterministic: bool = False
+    # "data_parallel": `keras.distribution.DataParallel` over every local
+    # device (JAX backend only); `train.batch_size` is the global batch.
+    distribution: Optional[Literal["data_parallel"]] = None
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
 
     def to_dict(self):
         return to_dict(self)
+
+
+def resolve_downsampling(name, downsampling_options):
+    """The choice and keyword arguments of one `downsampling` entry.
+
+    An entry is a choice (`"maxblurpool"`), whose options are
+    `downsampling_options[choice]`, or a variant: a name of its own whose
+    options name the choice, e.g.
+    `downsampling_options["maxblurpool_f5"] = {"choice": "maxblurpool",
+    "filter_size": 5}`. A variant's options are all it gets; the choice's
+    own options do not apply to it.
+
+    Returns:
+        `(choice, kwargs)`.
+    """
+    kwargs = dict(downsampling_options.get(name) or {})
+    return kwargs.pop("choice", name), kwargs
 
 
 def to_dict(config):
@@ -268,11 +293,36 @@ def _check(config):
         "a non-empty list",
         list(config.downsampling),
     )
+    for name, options in config.downsampling_options.items():
+        key = f"downsampling_options.{name}"
+        require(
+            isinstance(options, dict),
+            key,
+            "a mapping of keyword arguments",
+            options,
+        )
+        if name in DOWNSAMPLING_CHOICES:
+            require(
+                "choice" not in options,
+                f"{key}.choice",
+                "absent for a choice's own options (only a variant, under "
+                "a name of its own, names its choice)",
+                options.get("choice"),
+            )
+        else:
+            require(
+                options.get("choice") in DOWNSAMPLING_CHOICES,
+                f"{key}.choice",
+                f"one of {', '.join(DOWNSAMPLING_CHOICES)} (the options of "
+                f"{name!r}, which is no choice, define a variant)",
+                options.get("choice"),
+            )
     for i, name in enumerate(config.downsampling):
         require(
-            name in DOWNSAMPLING_CHOICES,
+            name in DOWNSAMPLING_CHOICES or name in config.downsampling_options,
             f"downsampling[{i}]",
-            f"one of {', '.join(DOWNSAMPLING_CHOICES)}",
+            f"one of {', '.join(DOWNSAMPLING_CHOICES)} or a variant defined "
+            "in downsampling_options",
             name,
         )
     require(
@@ -281,19 +331,6 @@ def _check(config):
         "a list without repeats",
         list(config.downsampling),
     )
-    for name, options in config.downsampling_options.items():
-        require(
-            name in DOWNSAMPLING_CHOICES,
-            "downsampling_options",
-            f"keyed by one of {', '.join(DOWNSAMPLING_CHOICES)}",
-            name,
-        )
-        require(
-            isinstance(options, dict),
-            f"downsampling_options.{name}",
-            "a mapping of keyword arguments",
-            options,
-        )
     require(
         len(config.seeds) > 0, "seeds", "a non-empty list", list(config.seeds)
     )

@@ -8,17 +8,39 @@ never touches a batch.
 
 Downsampling choices:
 
-- a `kpool.get_downsampling` name (max, avg, min, mixed, mixed_learned,
-  gated, stochastic): a pooling layer with the config's `pool_size`,
-  `pool_strides` and `pool_padding`, placed after the activation of the conv
-  before it (conv -> BN -> ReLU -> pool) or before it (conv -> BN -> pool ->
-  ReLU), as `pool_position` says;
+- a `kpool.get_downsampling` pooling name (max, avg, min, mixed,
+  mixed_learned, gated, stochastic, lp, fractional, median, softpool, tree,
+  maxblurpool, ...; `downsampling_choices()` lists them): a pooling layer
+  with the config's `pool_size`, `pool_strides` and `pool_padding`, placed
+  after the activation of the conv before it (conv -> BN -> ReLU -> pool)
+  or before it (conv -> BN -> pool -> ReLU), as `pool_position` says;
+  "blurpool" takes only the stride (`pool_strides`, else `pool_size`): its
+  window is its `filter_size` (a `downsampling_options` key);
 - "strided" (Springenberg et al., 2014): no pooling layer; the conv before
   it gets stride 2;
 - "allconv" (Springenberg et al., 2014): the pooling layer is replaced by a
   3x3 stride-2 conv with as many filters as it has input channels, followed
-  by BN and ReLU like every conv of the family. `pool_position` does not
-  apply: it moves pooling layers only.
+  by BN and ReLU like every conv of the family;
+- "blurstrided" (Zhang, 2019, "Making Convolutional Networks Shift-Invariant
+  Again", the anti-aliased strided conv): the conv runs at stride 1 and
+  blur pooling with stride 2 follows its ReLU. Its `downsampling_options`
+  go to `BlurPooling2D` (`filter_size`, ...). In the plain families this is
+  the same network as "blurpool" after the activation; in the ResNet it
+  sits inside the transition block, where "strided" strides: after the
+  first conv's ReLU, and before the 1x1 shortcut conv, as in Zhang's
+  anti-aliased ResNet;
+- "dilated" (Yu & Koltun, 2016, "Multi-Scale Context Aggregation by Dilated
+  Convolutions"): no downsampling at all; every conv after a removed
+  downsampling gets the dilation of the strides removed before it (2, 4,
+  ... for stride 2), so its taps land on the same input pixels as in the
+  pooled net. The receptive field is the pooled net's less the pooling
+  windows' own extent, `(pool_size - 1) * jump` each (in the plain families
+  that is the strided net's). The maps keep the input resolution: the FLOPs
+  column shows the cost.
+`pool_position` moves pooling layers only; the other choices ignore it.
+Dropout (`dropout > 0`) follows every downsampling, whatever does it
+(for "dilated": where the downsampling would have been), except inside
+a ResNet block ("strided" and "blurstrided" there).
 
 Matched initialisation: every layer that two variants share has the same
 name in both, and its initializer's seed is derived from (run seed, layer
@@ -47,12 +69,15 @@ Families (`width` = channels of the first stage, default in parentheses):
   previous stage's output once, so the main path and the shortcut of the
   next block both see the downsampled map; "strided" is the original
   ResNet: stride 2 in the block's first conv and in its projection
-  shortcut.
+  shortcut ("blurstrided": see above).
 
 Heads: "gap" (global average pooling -> dense), "gmp" (global max
-pooling -> dense), "flatten" (flatten -> dense). model_c's class-score conv
-already outputs one map per class, so its "gap"/"gmp" heads pool those maps
-into logits without a dense layer, as in the paper.
+pooling -> dense), "flatten" (flatten -> dense), "gem" (generalized-mean
+pooling, Radenović et al., 2018, `GlobalGeMPooling2D` -> dense), "spp"
+(spatial pyramid pooling, He et al., 2014, bins 1, 2, 4 -> dense).
+model_c's class-score conv already outputs one map per class, so its
+"gap"/"gmp"/"gem" heads pool those maps into logits without a dense layer,
+as in the paper.
 """
 
 import zlib
@@ -60,14 +85,31 @@ import zlib
 import keras
 
 from kpool.augment import CIFAR10_MEAN, CIFAR10_VARIANCE, RandomCropFlip
+from kpool.config import resolve_downsampling
 from kpool.registry import downsampling_names, get_downsampling
 
 FAMILY_WIDTHS = {"small_cnn": 32, "model_c": 96, "vgg": 64, "resnet": 16}
-NON_POOLING_CHOICES = ("strided", "allconv")
+NON_POOLING_CHOICES = ("strided", "allconv", "blurstrided", "dilated")
 # Registry poolings that draw random numbers and take a `seed`.
-_SEEDED_POOLINGS = ("mixed", "stochastic")
-_HEADS = ("gap", "gmp", "flatten")
+_SEEDED_POOLINGS = ("mixed", "stochastic", "fractional")
+# Registry names of head layers (global poolings), not downsampling choices.
+_HEAD_LAYERS = ("gem", "spp")
+_HEADS = ("gap", "gmp", "flatten", *_HEAD_LAYERS)
+# Heads that pool each channel to one number, so model_c's class maps become
+# logits without a dense layer.
+_CHANNEL_POOLING_HEADS = ("gap", "gmp", "gem")
 _POOL_POSITIONS = ("after_activation", "before_activation")
+
+
+def downsampling_choices():
+    """Every downsampling choice `build_model` takes: the registry's
+    windowed poolings, then `NON_POOLING_CHOICES`."""
+    poolings = tuple(
+        name
+        for name in downsampling_names()
+        if not name.startswith("global_") and name not in _HEAD_LAYERS
+    )
+    return poolings + NON_POOLING_CHOICES
 
 
 def layer_seed(seed, name):
@@ -90,16 +132,19 @@ def build_model(
 
     Args:
         model_config: `kpool.config.ModelConfig`.
-        downsampling: string. A `kpool.downsampling_names()` pooling,
-            "strided" or "allconv".
+        downsampling: string. One of `downsampling_choices()`, or a variant
+            defined in `downsampling_options` (see
+            `kpool.config.resolve_downsampling`).
         num_classes: int. Number of logits.
         input_shape: tuple. Shape of one raw image, channels_last, 3
             channels.
         seed: int. The run seed; every initializer, dropout and random
             pooling derives its seed from it and the layer name.
         augment: bool. Start with `RandomCropFlip` (training only).
-        downsampling_options: dict mapping a registry name to extra keyword
-            arguments of its layer (e.g. `{"mixed": {"alpha": 0.75}}`).
+        downsampling_options: dict mapping a choice to extra keyword
+            arguments of its layer (e.g. `{"mixed": {"alpha": 0.75}}`;
+            "blurstrided" passes them to its blur pooling), or a variant
+            name to its choice and arguments.
 
     Returns:
         A `keras.Model` from raw images to float32 logits, named
@@ -111,9 +156,10 @@ def build_model(
     _check_choice(
         "model.pool_position", model_config.pool_position, _POOL_POSITIONS
     )
-    builder = _Builder(
-        model_config, downsampling, seed, downsampling_options or {}
+    choice, options = resolve_downsampling(
+        downsampling, downsampling_options or {}
     )
+    builder = _Builder(model_config, choice, seed, options)
     width = model_config.width or FAMILY_WIDTHS[family]
 
     inputs = keras.Input(input_shape, name="images")
@@ -149,22 +195,30 @@ class _Builder:
     layout, with the chosen downsampling."""
 
     def __init__(self, model_config, downsampling, seed, options):
-        pooling_names = tuple(
-            n for n in downsampling_names() if not n.startswith("global_")
-        )
-        _check_choice(
-            "downsampling", downsampling, pooling_names + NON_POOLING_CHOICES
-        )
+        _check_choice("downsampling", downsampling, downsampling_choices())
         self.config = model_config
         self.downsampling = downsampling
         self.seed = seed
         self.options = options
         self.data_format = model_config.data_format
         self.channel_axis = -1 if self.data_format == "channels_last" else 1
+        # The stride of the downsampling each choice stands for.
+        self.downsample_stride = (
+            model_config.pool_strides or model_config.pool_size
+        )
+        # "dilated": the dilation of the next convs, the product of the
+        # strides of the downsamplings removed so far.
+        self.dilation = 1
 
     @property
     def strided(self):
         return self.downsampling == "strided"
+
+    @property
+    def in_block(self):
+        """Whether a ResNet downsamples inside its transition blocks (main
+        path and shortcut) rather than before them."""
+        return self.downsampling in ("strided", "blurstrided")
 
     def conv(
         self,
@@ -187,6 +241,7 @@ class _Builder:
             kernel_size,
             strides=strides,
             padding=padding,
+            dilation_rate=self.dilation if kernel_size > 1 else 1,
             use_bias=not batch_norm,
             kernel_initializer=keras.initializers.HeNormal(
                 seed=layer_seed(self.seed, name)
@@ -208,15 +263,22 @@ class _Builder:
         """ReLU, with the variant's downsampling after it (or before it,
         for a pooling with `pool_position="before_activation"`)."""
         relu = keras.layers.ReLU(name=f"{name}_relu")
-        if not downsample or self.strided:
+        if not downsample:
             return relu(x)
-        if self.downsampling == "allconv":
+        if self.strided:
+            x = relu(x)
+        elif self.downsampling == "allconv":
             x = self.conv(
                 relu(x),
                 x.shape[self.channel_axis],
                 f"{name}_allconv",
                 strides=2,
             )
+        elif self.downsampling == "dilated":
+            x = relu(x)
+            self.dilation *= self.downsample_stride
+        elif self.downsampling == "blurstrided":
+            x = self.blur(relu(x), f"{name}_blur")
         elif self.config.pool_position == "after_activation":
             x = self._pooling(f"{name}_pool")(relu(x))
         else:
@@ -229,17 +291,42 @@ class _Builder:
             )(x)
         return x
 
+    def blur(self, x, name):
+        """Zhang's (2019) anti-aliasing of a strided conv: blur pooling with
+        stride 2 after the conv (run at stride 1) and its ReLU."""
+        return self._named(
+            get_downsampling(
+                "blurpool",
+                strides=2,
+                data_format=self.data_format,
+                **self.options,
+            ),
+            name,
+        )(x)
+
     def _pooling(self, name):
-        kwargs = {
-            "pool_size": self.config.pool_size,
-            "strides": self.config.pool_strides,
-            "padding": self.config.pool_padding,
-            "data_format": self.data_format,
-        }
+        kwargs = {"strides": self.config.pool_strides}
+        if self.downsampling == "blurpool":
+            # Its window is its filter (`filter_size`); it has no padding
+            # mode of the `pool_padding` kind.
+            kwargs = {"strides": self.downsample_stride}
+        else:
+            kwargs.update(
+                pool_size=self.config.pool_size,
+                padding=self.config.pool_padding,
+            )
         if self.downsampling in _SEEDED_POOLINGS:
             kwargs["seed"] = layer_seed(self.seed, name)
-        kwargs.update(self.options.get(self.downsampling, {}))
-        layer = get_downsampling(self.downsampling, **kwargs)
+        kwargs.update(self.options)
+        return self._named(
+            get_downsampling(
+                self.downsampling, data_format=self.data_format, **kwargs
+            ),
+            name,
+        )
+
+    @staticmethod
+    def _named(layer, name):
         # `get_downsampling`'s first parameter is called `name`, so the
         # layer's name cannot be passed through it. Renaming is safe before
         # the layer is called: its weights are created (and named) then.
@@ -262,12 +349,17 @@ class _Builder:
         if head == "flatten":
             x = keras.layers.Flatten(data_format=self.data_format)(x)
             return self.dense(x, num_classes, "classifier")
-        pooling = {
-            "gap": keras.layers.GlobalAveragePooling2D,
-            "gmp": keras.layers.GlobalMaxPooling2D,
-        }[head]
-        x = pooling(data_format=self.data_format, name=f"head_{head}")(x)
-        return x if class_maps else self.dense(x, num_classes, "classifier")
+        if head in _HEAD_LAYERS:
+            pooling = get_downsampling(head, data_format=self.data_format)
+        else:
+            pooling = {
+                "gap": keras.layers.GlobalAveragePooling2D,
+                "gmp": keras.layers.GlobalMaxPooling2D,
+            }[head](data_format=self.data_format)
+        x = self._named(pooling, f"head_{head}")(x)
+        if class_maps and head in _CHANNEL_POOLING_HEADS:
+            return x
+        return self.dense(x, num_classes, "classifier")
 
 
 def _small_cnn(builder, x, width, num_classes):
@@ -326,22 +418,33 @@ def _resnet(builder, x, width, num_classes, blocks_per_stage=3):
                 x,
                 filters,
                 name,
-                strides=2 if transition and builder.strided else 1,
+                downsample=transition and builder.in_block,
             )
-            # A pooling or allconv variant downsamples the stage's output
-            # once, before the next stage's first block and its shortcut.
+            # The other variants downsample the stage's output once, before
+            # the next stage's first block and its shortcut.
             x = builder.activate(
-                x, name, downsample=block == blocks_per_stage and stage < 3
+                x,
+                name,
+                downsample=block == blocks_per_stage
+                and stage < 3
+                and not builder.in_block,
             )
     return x
 
 
-def _basic_block(builder, x, filters, name, strides):
-    """Returns the sum before the block's last ReLU."""
+def _basic_block(builder, x, filters, name, downsample):
+    """Returns the sum before the block's last ReLU. `downsample`: halve
+    the resolution in the block, by stride 2 ("strided", the original
+    ResNet) or, for "blurstrided", by blur pooling after the first conv and
+    before the 1x1 shortcut conv (Zhang's anti-aliased ResNet)."""
+    strides = 2 if downsample and builder.strided else 1
+    blur = downsample and not builder.strided
     shortcut = x
-    if strides != 1 or x.shape[builder.channel_axis] != filters:
+    if blur:
+        shortcut = builder.blur(shortcut, f"{name}_shortcut_blur")
+    if downsample or x.shape[builder.channel_axis] != filters:
         shortcut = builder.conv(
-            x,
+            shortcut,
             filters,
             f"{name}_shortcut",
             kernel_size=1,
@@ -349,6 +452,8 @@ def _basic_block(builder, x, filters, name, strides):
             activate=False,
         )
     y = builder.conv(x, filters, f"{name}_conv1", strides=strides)
+    if blur:
+        y = builder.blur(y, f"{name}_conv1_blur")
     y = builder.conv(y, filters, f"{name}_conv2", activate=False)
     return keras.layers.Add(name=f"{name}_add")([shortcut, y])
 

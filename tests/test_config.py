@@ -47,7 +47,31 @@ def test_overrides_are_read_as_yaml():
         ({"train": {"epochs": True}}, [], "`train.epochs` must be int"),
         ({"train": {"epochs": 0}}, [], "`train.epochs` must be a positive"),
         ({"model": {"head": "dense"}}, [], "`model.head` must be 'gap'"),
-        ({"downsampling": ["max", "lp"]}, [], "`downsampling[1]` must be one"),
+        (
+            {"downsampling": ["max", "lpp"]},
+            [],
+            "`downsampling[1]` must be one",
+        ),
+        (
+            {"downsampling_options": {"max": {"choice": "avg"}}},
+            [],
+            "`downsampling_options.max.choice` must be absent",
+        ),
+        (
+            {"downsampling_options": {"big": {"choice": "maxx"}}},
+            [],
+            "`downsampling_options.big.choice` must be one of",
+        ),
+        (
+            {"downsampling_options": {"max": 3}},
+            [],
+            "`downsampling_options.max` must be a mapping",
+        ),
+        (
+            {"distribution": "model_parallel"},
+            [],
+            "`distribution` must be 'data_parallel' or null",
+        ),
         ({"downsampling": "max"}, [], "`downsampling` must be a list of str"),
         ({"downsampling": ["max", "max"]}, [], "without repeats"),
         ({"model": {"family": "vit"}}, [], "`model.family` must be one of"),
@@ -77,10 +101,36 @@ def test_errors_name_the_key(data, overrides, message):
 
 def test_unknown_pooling_lists_allowed_names():
     with pytest.raises(cfg.ConfigError) as info:
-        cfg.config_from_dict({"downsampling": ["lp"]})
+        cfg.config_from_dict({"downsampling": ["lpp"]})
     for name in cfg.DOWNSAMPLING_CHOICES:
         assert name in str(info.value)
-    assert "Received: downsampling[0]='lp'" in str(info.value)
+    assert "Received: downsampling[0]='lpp'" in str(info.value)
+
+
+def test_named_variants_of_a_choice():
+    options = {
+        "mixed_a25": {"choice": "mixed", "alpha": 0.25},
+        "mixed": {"alpha": 0.75},
+    }
+    config = cfg.config_from_dict(
+        {
+            "downsampling": ["mixed", "mixed_a25"],
+            "downsampling_options": options,
+        }
+    )
+    resolve = cfg.resolve_downsampling
+    assert resolve("mixed_a25", config.downsampling_options) == (
+        "mixed",
+        {"alpha": 0.25},
+    )
+    assert resolve("mixed", config.downsampling_options) == (
+        "mixed",
+        {"alpha": 0.75},
+    )
+    assert resolve("max", config.downsampling_options) == ("max", {})
+    # A variant is used only where listed; an undefined one is refused.
+    with pytest.raises(cfg.ConfigError, match="or a variant defined"):
+        cfg.config_from_dict({"downsampling": ["mixed_a50"]})
 
 
 def test_load_config_errors(tmp_path):

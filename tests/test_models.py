@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from kpool.config import DOWNSAMPLING_CHOICES, MODEL_FAMILIES, ModelConfig
-from kpool.models import build_model, layer_seed
+from kpool.metrics import receptive_field
+from kpool.models import build_model, downsampling_choices, layer_seed
 
 WIDTH = 8
 IMAGES = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
@@ -101,6 +102,122 @@ def test_allconv_replaces_each_pooling_by_a_3x3_stride_2_conv(family):
     channels = [WIDTH * m for m in DOWNSAMPLED_CHANNELS[family]]
     added = sum(9 * c * c + 4 * c for c in channels)
     assert allconv.count_params() == pooled.count_params() + added
+
+
+def conv_dilations(model):
+    return {
+        layer.name: tuple(layer.dilation_rate)
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Conv2D)
+    }
+
+
+# Dilation of each 3x3 conv under "dilated" with stride-2 downsamplings: the
+# product of the strides removed before it.
+DILATIONS = {
+    "small_cnn": {"stage1": 1, "stage2": 2, "stage3": 4},
+    "vgg": {
+        "conv1": 1,
+        "conv2": 2,
+        "conv3": 4,
+        "conv4": 4,
+        "conv5": 8,
+        "conv6": 8,
+        "conv7": 16,
+        "conv8": 16,
+    },
+    "resnet": {"stem": 1, "stage1": 1, "stage2": 2, "stage3": 4},
+    "model_c": {"conv1": 1, "conv2": 1, "conv3": 2, "conv4": 2, "conv5": 4},
+}
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def test_dilated_keeps_the_resolution_and_dilates_the_convs_after(family):
+    pooled = build(family, "max")
+    dilated = build(family, "dilated")
+    assert pooling_layers(dilated) == []
+    assert set(conv_strides(dilated).values()) == {(1, 1)}
+    assert conv_strides(dilated).keys() == conv_strides(pooled).keys()
+    assert dilated.count_params() == pooled.count_params()
+    for name, dilation in conv_dilations(dilated).items():
+        layer = dilated.get_layer(name)
+        if tuple(layer.kernel_size) == (1, 1):
+            assert dilation == (1, 1), name
+            continue
+        prefix = next(p for p in DILATIONS[family] if name.startswith(p))
+        assert dilation == (DILATIONS[family][prefix],) * 2, name
+    # No downsampling: the head sees a map of the input's size (less
+    # model_c's 3x3 valid conv, 2 * 4 pixels at dilation 4).
+    head_input = dilated.get_layer("head_gap").input
+    size = 24 if family == "model_c" else 32
+    assert tuple(head_input.shape[1:3]) == (size, size)
+
+
+def test_dilation_follows_the_pooling_stride():
+    # 3x3 windows with stride 3 remove a factor 3 each.
+    model = build("small_cnn", "dilated", pool_size=3)
+    assert model.get_layer("stage2_conv1").dilation_rate == (3, 3)
+    assert model.get_layer("stage3_conv2").dilation_rate == (9, 9)
+    model = build("small_cnn", "dilated", pool_size=3, pool_strides=2)
+    assert model.get_layer("stage3_conv2").dilation_rate == (4, 4)
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def test_dilated_receptive_field_is_the_pooled_one_less_the_windows(family):
+    # The i-th 2x2 window (i = 0, 1, ...) sits at jump 2**i and adds
+    # (2 - 1) * 2**i pixels that the dilated net has no window for.
+    windows = sum(2**i for i in range(len(DOWNSAMPLED_CHANNELS[family])))
+    assert receptive_field(build(family, "dilated")) == (
+        receptive_field(build(family, "max")) - windows
+    )
+
+
+@pytest.mark.parametrize("family", ["small_cnn", "model_c", "vgg"])
+def test_dilated_receptive_field_equals_the_strided_net(family):
+    # In the plain families the strided conv is the conv before the pool,
+    # so its taps land where the dilated net's do.
+    assert receptive_field(build(family, "dilated")) == receptive_field(
+        build(family, "strided")
+    )
+
+
+def test_dilated_receptive_field_by_hand():
+    # small_cnn, 2x2 windows: r = 1 + 2 + 2 (stage 1), + 2 * 2 * 2
+    # (stage 2, dilation 2), + 2 * 2 * 4 (stage 3, dilation 4) = 29; the
+    # pooled net adds each window's own extent, (2 - 1) * 1 + (2 - 1) * 2.
+    assert receptive_field(build("small_cnn", "dilated")) == 29
+    assert receptive_field(build("small_cnn", "max")) == 32
+
+
+def test_dilated_costs_more_flops_than_pooling():
+    from kpool.metrics import flops_per_image
+
+    pooled = flops_per_image(build("small_cnn", "max"))
+    dilated = flops_per_image(build("small_cnn", "dilated"))
+    # Stage s keeps 4**(s-1) times the positions of the pooled net.
+    w = WIDTH
+    stage_flops = [
+        9 * (3 * w + w * w),
+        9 * (w * 2 * w + 2 * w * 2 * w),
+        9 * (2 * w * 4 * w + 4 * w * 4 * w),
+    ]
+    head = 4 * w * 10
+    assert pooled == 32 * 32 * stage_flops[0] + 16 * 16 * stage_flops[1] + (
+        8 * 8 * stage_flops[2] + head
+    )
+    assert dilated == 32 * 32 * sum(stage_flops) + head
+
+
+@pytest.mark.parametrize("family", ["small_cnn", "model_c"])
+def test_strided_and_dilated_get_dropout_at_each_downsampling(family):
+    for name in ("strided", "dilated", "max"):
+        model = build(family, name, dropout=0.5)
+        dropouts = [
+            layer
+            for layer in model.layers
+            if isinstance(layer, keras.layers.Dropout)
+        ]
+        assert len(dropouts) == len(DOWNSAMPLED_CHANNELS[family]), name
 
 
 def test_parameter_counts_of_the_pooling_choices():
@@ -322,4 +439,21 @@ def test_bad_model_config(key, value, message):
 
 def test_bad_downsampling():
     with pytest.raises(ValueError, match="`downsampling` must be one of"):
-        build_model(ModelConfig(), "median")
+        build_model(ModelConfig(), "median_of_5")
+    # A head's layer is no downsampling choice.
+    with pytest.raises(ValueError, match="`downsampling` must be one of"):
+        build_model(ModelConfig(), "global_max")
+
+
+def test_a_variant_builds_its_choice_with_its_options():
+    options = {"mixed_a25": {"choice": "mixed", "alpha": 0.25}}
+    model = build_model(
+        ModelConfig(width=WIDTH), "mixed_a25", downsampling_options=options
+    )
+    assert {layer.alpha for layer in pooling_layers(model)} == {0.25}
+    assert {layer.mode for layer in pooling_layers(model)} == {"random"}
+    assert model.name == "small_cnn_mixed_a25"
+
+
+def test_config_choices_are_the_models_choices():
+    assert set(DOWNSAMPLING_CHOICES) == set(downsampling_choices())
