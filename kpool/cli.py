@@ -116,10 +116,10 @@ def _run(args):
 def _report(args):
     from kpool import results
 
-    runs, _ = results.read_results([args.directory])
+    runs, epochs = results.read_results([args.directory])
     if runs.empty:
         raise FileNotFoundError(f"No runs*.csv in {args.directory}")
-    print(results.report(results.summarize(runs)))
+    print(results.report(results.summarize(runs, epochs)))
     return 0
 
 

@@ -198,7 +198,7 @@ def finished_run_ids(directory):
     return set(runs.loc[runs["status"] == "ok", "run_id"])
 
 
-def summarize(runs):
+def summarize(runs, epochs=None):
     """One row per downsampling choice (within each setting), ranked.
 
     Means and (sample, ddof=1) standard deviations over seeds of the
@@ -206,6 +206,13 @@ def summarize(runs):
     `epoch_time_vs_max`: the mean epoch time relative to max pooling in the
     same setting (NaN without a max pooling row). Only "ok" runs count.
     Ranked by mean test accuracy within each setting.
+
+    With the `epochs` table, also how noisy the timing is:
+    `epoch_time_iqr` is the interquartile range of the choice's timed epochs
+    (seconds per step, every epoch of every seed) over their median, and
+    `epoch_time_vs_max_noisy` flags a ratio that differs from 1 by no more
+    than its own spread, the sum of the choice's and max pooling's
+    `epoch_time_iqr`: such a ratio does not tell the two apart.
     """
     runs = runs[runs["status"] == "ok"]
     metrics = [m for m in SEED_METRICS if m in runs]
@@ -225,6 +232,15 @@ def summarize(runs):
         summary["epoch_time_vs_max"] = _relative_to_max(
             summary, "epoch_seconds_mean"
         )
+        spread = _epoch_time_iqr(runs, epochs)
+        if spread is not None:
+            summary = summary.merge(spread, on=list(GROUP_KEYS), how="left")
+            combined = summary["epoch_time_iqr"] + _relative_to_max(
+                summary, "epoch_time_iqr", divide=False
+            )
+            summary["epoch_time_vs_max_noisy"] = (
+                summary["downsampling"] != "max"
+            ) & ((summary["epoch_time_vs_max"] - 1).abs() <= combined)
     summary = summary.sort_values(
         [*SETTING_KEYS, "test_accuracy_mean"],
         ascending=[True] * len(SETTING_KEYS) + [False],
@@ -235,11 +251,40 @@ def summarize(runs):
     return summary.reset_index(drop=True)
 
 
-def _relative_to_max(summary, column):
+def _relative_to_max(summary, column, divide=True):
+    """`column` over max pooling's value in the same setting, or (`divide`
+    false) max pooling's value itself, row by row."""
     is_max = summary["downsampling"] == "max"
     reference = summary[is_max].set_index(list(SETTING_KEYS))[column]
     keys = pd.MultiIndex.from_frame(summary[list(SETTING_KEYS)])
-    return summary[column].to_numpy() / reference.reindex(keys).to_numpy()
+    reference = reference.reindex(keys).to_numpy()
+    return summary[column].to_numpy() / reference if divide else reference
+
+
+def _epoch_time_iqr(runs, epochs):
+    """Per choice: the IQR over the median of its timed epochs' seconds per
+    step; None without per-epoch timings. Fewer than two timed epochs give
+    NaN: one epoch shows no spread."""
+    needed = {"run_id", "timed_seconds", "timed_steps"}
+    if epochs is None or epochs.empty or not needed <= set(epochs):
+        return None
+    timed = epochs[epochs["timed_steps"] > 0]
+    timed = timed.assign(
+        step_seconds=timed["timed_seconds"] / timed["timed_steps"]
+    ).merge(runs[["run_id", *GROUP_KEYS]], on="run_id")
+
+    def spread(times):
+        if times.count() < 2:
+            return math.nan
+        low, median, high = times.quantile([0.25, 0.5, 0.75])
+        return (high - low) / median
+
+    return (
+        timed.groupby(list(GROUP_KEYS))["step_seconds"]
+        .agg(spread)
+        .rename("epoch_time_iqr")
+        .reset_index()
+    )
 
 
 def markdown_table(frame):
@@ -274,10 +319,19 @@ def _mean_std(summary, metric, scale=1.0, digits=2):
     ]
 
 
+NOISY_MARK = " *"
+NOISY_NOTE = (
+    f"{NOISY_MARK.strip()} epoch time vs max: within the epochs' spread "
+    "(this choice's IQR % plus max's); it does not tell the two apart."
+)
+
+
 def report(summary):
     """The summary as markdown: one table per setting (model, data, backend).
 
     Accuracies and shift metrics are in percent, mean ± std over seeds.
+    Epoch time ratios come with the epochs' IQR (as % of their median);
+    ratios within that spread are marked and explained under the table.
     """
     if summary.empty:
         return "No finished runs."
@@ -309,9 +363,19 @@ def report(summary):
                 part, "train_images_per_sec", digits=0
             )
         if "epoch_time_vs_max" in part:
+            noisy = part.get(
+                "epoch_time_vs_max_noisy", pd.Series(False, part.index)
+            )
             table["epoch time vs max"] = [
-                "" if math.isnan(v) else f"{v:.2f}"
-                for v in part["epoch_time_vs_max"]
+                "" if math.isnan(v) else f"{v:.2f}{NOISY_MARK if flag else ''}"
+                for v, flag in zip(
+                    part["epoch_time_vs_max"], noisy, strict=True
+                )
+            ]
+        if "epoch_time_iqr" in part:
+            table["epoch time IQR %"] = [
+                "" if math.isnan(v) else f"{100 * v:.0f}"
+                for v in part["epoch_time_iqr"]
             ]
         for name in MODEL_PROPERTIES:
             if name in part:
@@ -321,7 +385,10 @@ def report(summary):
         title = ", ".join(
             f"{k}={v}" for k, v in zip(SETTING_KEYS, setting, strict=True)
         )
-        sections.append(f"### {title}\n\n{markdown_table(table)}")
+        section = f"### {title}\n\n{markdown_table(table)}"
+        if part.get("epoch_time_vs_max_noisy", pd.Series(False)).any():
+            section += f"\n\n{NOISY_NOTE}"
+        sections.append(section)
     return "\n\n".join(sections)
 
 
@@ -333,62 +400,122 @@ def _label(setting, name, several):
     return f"{name} ({', '.join(map(str, setting))})" if several else name
 
 
-def _scatter(summary, x, y, path, xlabel, ylabel):
-    """Mean of `y` against mean of `x` per choice, with std error bars."""
+def _values(frame, column):
+    values = frame[column].dropna() if column in frame else pd.Series()
+    return " / ".join(map(str, values.unique())) or "unknown"
+
+
+def plot_title(runs):
+    """What a plot of these "ok" runs shows: experiment, data (SYNTHETIC in
+    capitals when it is), model, backend, device and number of seeds."""
+    ok = runs[runs["status"] == "ok"]
+    fallback = ok.get("data_fallback", pd.Series(False, ok.index))
+    synthetic = (
+        "SYNTHETIC FALLBACK DATA, not real images"
+        if fallback.fillna(False).astype(bool).any()
+        else "SYNTHETIC DATA, not real images"
+    )
+    datasets = " / ".join(
+        synthetic if name == "synthetic" else str(name)
+        for name in ok.get("dataset", pd.Series()).dropna().unique()
+    )
+    seeds = ok.groupby("downsampling")["seed"].nunique()
+    low, high = (seeds.min(), seeds.max()) if len(seeds) else (0, 0)
+    count = f"{low}" if low == high else f"{low}-{high}"
+    return (
+        f"{_values(ok, 'experiment')}: {datasets or 'unknown data'}\n"
+        f"model {_values(ok, 'model')}, backend {_values(ok, 'backend')}, "
+        f"device {_values(ok, 'device')}, {count} seed{'' if high == 1 else 's'}"
+    )
+
+
+# A marker per setting; a colour per choice (tab20 has 20, as many as the
+# largest grids).
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _colours(names):
+    import matplotlib
+
+    # tab20 pairs a dark and a light shade of each hue: the ten dark ones
+    # first, so that up to ten choices differ in hue.
+    colours = matplotlib.colormaps["tab20"].colors
+    cycle = colours[0::2] + colours[1::2]
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
+
+
+def _scatter(summary, x, y, path, title):
+    """Mean of `y` against mean of `x` per choice, with std error bars when
+    there are seeds to take it over. `x` and `y` are (metric, label,
+    scale). Each choice has its own colour and a legend entry rather than a
+    text label at its point, which neighbouring points would overlap."""
     import matplotlib.pyplot as plt
 
     settings = _settings(summary)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for setting, part in settings:
-        ax.errorbar(
-            part[f"{x}_mean"],
-            part[f"{y}_mean"],
-            xerr=part[f"{x}_std"].fillna(0),
-            yerr=part[f"{y}_std"].fillna(0),
-            fmt="o",
-            capsize=3,
-            label=", ".join(map(str, setting)) if len(settings) > 1 else None,
-        )
+    several = len(settings) > 1
+    colours = _colours(summary["downsampling"].unique())
+    (x, xlabel, x_scale), (y, ylabel, y_scale) = x, y
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for number, (setting, part) in enumerate(settings):
         for _, row in part.iterrows():
-            ax.annotate(
-                row["downsampling"],
-                (row[f"{x}_mean"], row[f"{y}_mean"]),
-                textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=8,
+            ax.errorbar(
+                row[f"{x}_mean"] * x_scale,
+                row[f"{y}_mean"] * y_scale,
+                xerr=_std(row, x) * x_scale,
+                yerr=_std(row, y) * y_scale,
+                fmt=_MARKERS[number % len(_MARKERS)],
+                color=colours[row["downsampling"]],
+                capsize=3,
+                label=_label(setting, row["downsampling"], several),
             )
-    # Room for the labels of the outermost points.
-    ax.margins(x=0.12, y=0.08)
+    ax.margins(x=0.08, y=0.08)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title("mean over seeds; bars: std over seeds")
-    if len(settings) > 1:
-        ax.legend(fontsize=8)
+    bars = (
+        "points: mean over seeds; bars: std over seeds"
+        if (summary["n_seeds"] > 1).any()
+        else "one seed per choice: no error bars"
+    )
+    ax.set_title(f"{title}\n{bars}", fontsize=9)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.grid(alpha=0.3)
     _save(fig, path)
 
 
-def _learning_curves(runs, epochs, path):
+def _std(row, metric):
+    std = row.get(f"{metric}_std", math.nan)
+    return 0.0 if pd.isna(std) else std
+
+
+def _learning_curves(runs, epochs, path, title):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     ok = runs[runs["status"] == "ok"]
     curves = epochs.merge(ok[["run_id", *GROUP_KEYS]], on="run_id")
     settings = list(curves.groupby(list(SETTING_KEYS), sort=False))
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for setting, part in settings:
+    colours = _colours(curves["downsampling"].unique())
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for number, (setting, part) in enumerate(settings):
         mean = part.groupby(["downsampling", "epoch"])["test_accuracy"].mean()
         for name, curve in mean.groupby(level=0, sort=False):
             ax.plot(
                 curve.index.get_level_values("epoch"),
-                curve.to_numpy(),
-                marker=".",
+                100 * curve.to_numpy(),
+                marker=_MARKERS[number % len(_MARKERS)],
+                color=colours[name],
                 label=_label(setting, name, len(settings) > 1),
             )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (mean over seeds)")
-    ax.legend(fontsize=8, ncol=2)
+    several_seeds = (ok.groupby("downsampling")["seed"].nunique() > 1).any()
+    ax.set_ylabel(
+        "test accuracy (%, mean over seeds)"
+        if several_seeds
+        else "test accuracy (%)"
+    )
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.grid(alpha=0.3)
     _save(fig, path)
 
@@ -398,8 +525,24 @@ def _save(fig, path):
 
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
+        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+# (file, x, y) with each axis as (metric, label, scale to the label's unit).
+SCATTERS = (
+    (
+        "accuracy_vs_throughput.png",
+        ("train_images_per_sec", "training throughput (images/s)", 1),
+        ("test_accuracy", "test accuracy (%)", 100),
+    ),
+    (
+        "shift_consistency_vs_accuracy.png",
+        ("test_accuracy", "test accuracy (%)", 100),
+        # Already a percentage.
+        ("shift_consistency", "shift consistency (%)", 1),
+    ),
+)
 
 
 def write_plots(runs, epochs, summary, directory):
@@ -418,35 +561,21 @@ def write_plots(runs, epochs, summary, directory):
             and summary[f"{metric}_mean"].notna().any()
         )
 
-    scatters = [
-        (
-            "accuracy_vs_throughput.png",
-            "train_images_per_sec",
-            "test_accuracy",
-            "training throughput (images/s)",
-            "test accuracy",
-        ),
-        (
-            "shift_consistency_vs_accuracy.png",
-            "test_accuracy",
-            "shift_consistency",
-            "test accuracy",
-            "shift consistency (%)",
-        ),
-    ]
-    for name, x, y, xlabel, ylabel in scatters:
-        if has(x) and has(y):
-            _scatter(summary, x, y, directory / name, xlabel, ylabel)
+    title = plot_title(runs)
+    for name, x, y in SCATTERS:
+        if has(x[0]) and has(y[0]):
+            _scatter(summary, x, y, directory / name, title)
             written.append(directory / name)
     if not epochs.empty and "test_accuracy" in epochs:
-        _learning_curves(runs, epochs, directory / "learning_curves.png")
-        written.append(directory / "learning_curves.png")
+        path = directory / "learning_curves.png"
+        _learning_curves(runs, epochs, path, title)
+        written.append(path)
     return written
 
 
 def write_summary(runs, epochs, directory):
     """Writes summary.csv and the plots into `directory`; returns summary."""
-    summary = summarize(runs)
+    summary = summarize(runs, epochs)
     write_table(summary, pathlib.Path(directory) / SUMMARY_FILE)
     write_plots(runs, epochs, summary, directory)
     return summary

@@ -1,5 +1,6 @@
 import math
 import os
+import pathlib
 
 import numpy as np
 import pandas as pd
@@ -243,3 +244,171 @@ def test_report_shows_the_pooling_claims_columns():
     assert row["shift acc 2px %"] == "30.00 ± 0.00"
     assert row["shift acc 4px %"] == "30.00 ± 14.14"
     assert row["overfit gap %"] == "20.00 ± 14.14"
+
+
+def timed_epochs(run_id, step_seconds, steps=10):
+    """Epoch rows of a run whose timed epochs took these seconds per step,
+    after a first epoch that was not timed (compilation)."""
+    rows = [
+        {"run_id": run_id, "epoch": 1, "timed_steps": 0, "timed_seconds": 0}
+    ]
+    for epoch, seconds in enumerate(step_seconds, start=2):
+        rows.append(
+            {
+                "run_id": run_id,
+                "epoch": epoch,
+                "timed_steps": steps,
+                "timed_seconds": seconds * steps,
+            }
+        )
+    return rows
+
+
+@pytest.fixture
+def timed():
+    runs = pd.DataFrame(
+        [
+            run_row("m", "max", 0, 0.5, 1.0),
+            run_row("a", "avg", 0, 0.5, 1.5),
+            run_row("n", "min", 0, 0.5, 1.05),
+            run_row("g", "gated", 0, 0.5, 2.0),
+        ]
+    )
+    epochs = pd.DataFrame(
+        timed_epochs("m", [0.9, 1.0, 1.0, 1.1])
+        + timed_epochs("a", [1.4, 1.5, 1.5, 1.6])
+        + timed_epochs("n", [0.7, 1.05, 1.05, 1.4])
+        # One timed epoch: no spread to report.
+        + timed_epochs("g", [2.0])
+    )
+    return runs, epochs
+
+
+def test_summary_epoch_time_spread_and_noisy_ratios(timed):
+    runs, epochs = timed
+    summary = results.summarize(runs, epochs).set_index("downsampling")
+    # Quartiles by linear interpolation: 0.975 and 1.025 around 1.0.
+    np.testing.assert_allclose(summary.loc["max", "epoch_time_iqr"], 0.05)
+    np.testing.assert_allclose(summary.loc["avg", "epoch_time_iqr"], 0.05 / 1.5)
+    np.testing.assert_allclose(
+        summary.loc["min", "epoch_time_iqr"], 0.175 / 1.05
+    )
+    assert math.isnan(summary.loc["gated", "epoch_time_iqr"])
+    # min: 1.05 is within 5% + 16.7% of 1; avg: 1.5 is not within 8.3%.
+    noisy = summary["epoch_time_vs_max_noisy"]
+    assert noisy.to_dict() == {
+        "max": False,
+        "avg": False,
+        "min": True,
+        "gated": False,
+    }
+    # Without epochs, no spread columns.
+    assert "epoch_time_iqr" not in results.summarize(runs)
+
+
+def test_report_shows_the_spread_and_flags_noisy_ratios(timed):
+    runs, epochs = timed
+    text = results.report(results.summarize(runs, epochs))
+    lines = text.splitlines()
+    header = [c.strip() for c in lines[2].strip("|").split("|")]
+    rows = {}
+    for line in lines[4:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[1]] = dict(zip(header, cells, strict=True))
+    assert rows["min"]["epoch time vs max"] == "1.05 *"
+    assert rows["avg"]["epoch time vs max"] == "1.50"
+    assert rows["max"]["epoch time IQR %"] == "5"
+    assert rows["min"]["epoch time IQR %"] == "17"
+    assert rows["gated"]["epoch time IQR %"] == ""
+    assert results.NOISY_NOTE in text
+    quiet = runs[runs["downsampling"] != "min"]
+    assert results.NOISY_NOTE not in results.report(
+        results.summarize(quiet, epochs)
+    )
+
+
+@pytest.mark.parametrize("seeds, fallback", [(1, True), (3, False)])
+def test_plot_title_says_what_the_plot_shows(seeds, fallback):
+    runs = pd.DataFrame(
+        [
+            run_row(
+                f"{name}{seed}",
+                name,
+                seed,
+                0.5,
+                1.0,
+                device="cpu",
+                data_fallback=fallback,
+            )
+            for name in ("max", "gated")
+            for seed in range(seeds)
+        ]
+    )
+    title = results.plot_title(runs)
+    assert title.startswith("exp: SYNTHETIC ")
+    assert ("FALLBACK" in title) is fallback
+    assert "model small_cnn, backend jax, device cpu" in title
+    assert title.endswith(f"{seeds} seed" + ("s" if seeds > 1 else ""))
+    cifar = runs.assign(dataset="cifar10")
+    assert results.plot_title(cifar).startswith("exp: cifar10\n")
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plots would save, kept open for inspection."""
+    saved = {}
+
+    def save(fig, path):
+        saved[pathlib.Path(path).name] = fig
+
+    monkeypatch.setattr(results, "_save", save)
+    yield saved
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_scatter_legend_percent_and_bars_text(figures, tmp_path, seeds):
+    # "gated" and "mixed" at the same point: their labels once overlapped.
+    runs = pd.DataFrame(
+        [
+            run_row(f"{name}{seed}", name, seed, 0.6 + 0.01 * seed, 1.0)
+            for name in ("max", "gated", "mixed")
+            for seed in range(seeds)
+        ]
+    )
+    summary = results.summarize(runs)
+    results.write_plots(runs, pd.DataFrame(), summary, tmp_path)
+    fig = figures["accuracy_vs_throughput.png"]
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "max",
+        "gated",
+        "mixed",
+    ]
+    # No text at the points, which could overlap.
+    assert len(ax.texts) == 0
+    assert ax.get_ylabel() == "test accuracy (%)"
+    points = [line.get_ydata()[0] for line in ax.lines if len(line.get_ydata())]
+    np.testing.assert_allclose(points[0], 100 * (0.6 + 0.005 * (seeds - 1)))
+    title = ax.get_title()
+    assert title.startswith(results.plot_title(runs))
+    if seeds == 1:
+        assert "std over seeds" not in title and "no error bars" in title
+    else:
+        assert "bars: std over seeds" in title
+
+
+def test_learning_curves_in_percent(figures, tmp_path):
+    runs = pd.DataFrame([run_row("a", "max", 0, 0.5, 1.0)])
+    epochs = pd.DataFrame(
+        [{"run_id": "a", "epoch": e, "test_accuracy": e / 10} for e in (1, 2)]
+    )
+    results.write_plots(runs, epochs, results.summarize(runs), tmp_path)
+    (ax,) = figures["learning_curves.png"].axes
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [10, 20])
+    assert ax.get_ylabel() == "test accuracy (%)"
+    assert ax.get_title() == results.plot_title(runs)
