@@ -421,11 +421,12 @@ def plot_title(runs):
     )
     seeds = ok.groupby("downsampling")["seed"].nunique()
     low, high = (seeds.min(), seeds.max()) if len(seeds) else (0, 0)
-    count = f"{low}" if low == high else f"{low}-{high}"
+    seeds = f"{low} seed" if low == high else f"{low}-{high} seed"
+    seeds += "" if high == 1 else "s"
     return (
         f"{_values(ok, 'experiment')}: {datasets or 'unknown data'}\n"
         f"model {_values(ok, 'model')}, backend {_values(ok, 'backend')}, "
-        f"device {_values(ok, 'device')}, {count} seed{'' if high == 1 else 's'}"
+        f"device {_values(ok, 'device')}, {seeds}"
     )
 
 
