@@ -6,7 +6,7 @@ them loads with `keras.saving.load_model` after `import kpool`.
 
 # `augment` registers the harness's augmentation layer, which every model the
 # harness saves contains.
-from kpool import augment, layers
+from kpool import augment, layers, ops
 from kpool.registry import downsampling_names, get_downsampling
 
-__all__ = ["augment", "downsampling_names", "get_downsampling", "layers"]
+__all__ = ["augment", "downsampling_names", "get_downsampling", "layers", "ops"]

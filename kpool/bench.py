@@ -12,15 +12,15 @@ Compile modes name what Keras itself does with a train step, per backend
 picks, the mode users run unless they ask for another.
 """
 
-import datetime
 import functools
 import inspect
 import os
-import platform
 import statistics
 import time
 
 import keras
+
+from kpool.environment import environment, has_gpu
 
 COMPILE_MODES = {
     "tensorflow": {
@@ -113,21 +113,6 @@ def compile_function(function, compile_mode):
 
         return torch.compile(function)
     return function
-
-
-def has_gpu():
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return jax.default_backend() == "gpu"
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def synchronize(outputs=None):
@@ -332,7 +317,6 @@ def benchmark_layers(
     compile_modes = compile_modes or list(COMPILE_MODES[backend])
     inputs = keras.random.normal(batch_shape, dtype=dtype, seed=0)
     env = environment()
-    kernels = tensorflow_kernels()
     rows = []
     for pool_size, strides in pools:
         window = dict(pool_size=pool_size, strides=strides, padding=padding)
@@ -365,7 +349,6 @@ def benchmark_layers(
                         "compile_mode": compile_mode,
                         "default_compile_mode": compile_mode
                         == default_compile_mode(),
-                        "tf_kernels": "" if compile_mode == "xla" else kernels,
                         "batch_shape": "x".join(map(str, batch_shape)),
                         "median_ms": round(candidate_ms, 4),
                         "maxpool_median_ms": round(max_ms, 4),
@@ -389,7 +372,6 @@ def benchmark_layers(
 _CASE_KEYS = ("layer", "mode_phase", "pool", "compile_mode")
 _KEPT_KEYS = (
     "default_compile_mode",
-    "tf_kernels",
     "batch_shape",
     "repeats",
     "dtype",
@@ -561,9 +543,6 @@ def benchmark_model_fit(
                     "pool": f"{pool_size}x{pool_size}/s{strides}/{padding}",
                     "jit_compile": jit_compile,
                     "resolved_jit_compile": resolved_jit_compile,
-                    "tf_kernels": ""
-                    if resolved_jit_compile
-                    else tensorflow_kernels(),
                     "batch_size": batch_size,
                     "steps": steps,
                     "median_ms_per_step": round(step_ms, 4),
@@ -575,66 +554,6 @@ def benchmark_model_fit(
                 }
             )
     return rows
-
-
-def tensorflow_kernels():
-    """What the layers run on TensorFlow outside XLA: `"fused"` (the
-    compiled kernels of `kpool.layers.tensorflow_ops`; `"fused, x86-64
-    baseline build"` where `KPOOL_TF_OPS_BASELINE=1` built them) or
-    `"built-in ops"` (`tensorflow_kernels`, where those cannot be built or
-    are turned off); `""` on the other backends."""
-    if keras.backend.backend() != "tensorflow":
-        return ""
-    from kpool.layers import tensorflow_ops
-
-    if not tensorflow_ops.applies():
-        return "built-in ops"
-    if tensorflow_ops.build_target() == "x86-64 baseline":
-        return "fused, x86-64 baseline build"
-    return "fused"
-
-
-def device_name():
-    backend = keras.backend.backend()
-    if has_gpu():
-        if backend == "jax":
-            import jax
-
-            return jax.devices()[0].device_kind
-        if backend == "torch":
-            import torch
-
-            return torch.cuda.get_device_name(0)
-        import tensorflow as tf
-
-        gpu = tf.config.list_physical_devices("GPU")[0]
-        return tf.config.experimental.get_device_details(gpu)["device_name"]
-    return "cpu"
-
-
-def machine_name():
-    """The CPU model and core count (the host name says nothing useful)."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
-
-
-def environment():
-    """Columns that say what produced a row."""
-    return {
-        "backend": keras.backend.backend(),
-        "device": device_name(),
-        "keras_version": keras.__version__,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": machine_name(),
-    }
 
 
 def write_csv(rows, path):

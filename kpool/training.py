@@ -26,6 +26,7 @@ same data order, same augmentation draws, same optimizer and schedule.
   starts; JAX on a CPU is deterministic as it is.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -36,7 +37,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kpool.bench import device_name
+from kpool.environment import device_name
 from kpool.models import build_model
 
 
@@ -81,16 +82,9 @@ def _train(config, downsampling, seed, dataset, verbose, callbacks):
     batch_size = min(train.batch_size, n_train)
     steps_per_epoch = n_train // batch_size
     order = epoch_orders(seed, n_train, batch_size, train.epochs)
+    distribution = make_distribution(config.distribution, batch_size)
+    devices = 1 if distribution is None else distribution.device_mesh.size
 
-    model = build_model(
-        config.model,
-        downsampling,
-        num_classes=dataset.num_classes,
-        input_shape=dataset.x_train.shape[1:],
-        seed=seed,
-        augment=config.data.augment,
-        downsampling_options=config.downsampling_options,
-    )
     schedule = LearningRateSchedule(
         train.schedule.name,
         train.optimizer.learning_rate,
@@ -99,34 +93,40 @@ def _train(config, downsampling, seed, dataset, verbose, callbacks):
         boundaries=[e * steps_per_epoch for e in train.schedule.decay_epochs],
         decay_factor=train.schedule.decay_factor,
     )
-    model.compile(
-        optimizer=make_optimizer(train.optimizer, schedule, model),
-        loss=_loss(train.label_smoothing, dataset.num_classes),
-        metrics=["accuracy"],
-        jit_compile=config.jit_compile,
-    )
-    traces = _count_train_step_traces(model)
-
     eval_batch_size = config.eval.batch_size
-    train_data = device_batches(dataset.x_train, dataset.y_train, order)
-    test_data = device_batches(
-        dataset.x_test,
-        dataset.y_test,
-        sequential_batches(len(dataset.x_test), eval_batch_size),
-    )
+    test_batches = sequential_batches(len(dataset.x_test), eval_batch_size)
     timer = TrainTimer(steps_per_epoch, batch_size)
-    start = time.perf_counter()
-    history = model.fit(
-        train_data,
-        epochs=train.epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=test_data,
-        # The order is `order`; fit must not reshuffle it.
-        shuffle=False,
-        callbacks=[timer, *callbacks],
-        verbose=verbose,
-    )
-    train_seconds = time.perf_counter() - start
+    with _scope(distribution):
+        model = _compiled_model(config, downsampling, seed, dataset, schedule)
+        traces = _count_train_step_traces(model)
+        train_data = device_batches(dataset.x_train, dataset.y_train, order)
+        test_data = device_batches(
+            dataset.x_test,
+            dataset.y_test,
+            # Each device takes an equal part of every batch.
+            test_batches
+            if distribution is None
+            else _divisible(test_batches, devices),
+        )
+        start = time.perf_counter()
+        history = model.fit(
+            train_data,
+            epochs=train.epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=test_data,
+            # The order is `order`; fit must not reshuffle it.
+            shuffle=False,
+            callbacks=[timer, *callbacks],
+            verbose=verbose,
+        )
+        train_seconds = time.perf_counter() - start
+    if distribution is not None:
+        # Every evaluation after training runs on one device, on every test
+        # image and in batches of any size, as in a one-device run.
+        weights = model.get_weights()
+        model = _compiled_model(config, downsampling, seed, dataset, schedule)
+        model.set_weights(weights)
+        test_data = device_batches(dataset.x_test, dataset.y_test, test_batches)
 
     eval_start = time.perf_counter()
     test_loss, test_accuracy = model.evaluate(test_data, verbose=0)
@@ -173,6 +173,9 @@ def _train(config, downsampling, seed, dataset, verbose, callbacks):
             "jit_compile_resolved": bool(model.jit_compile),
             "epochs": len(epochs),
             "batch_size": batch_size,
+            "distribution": config.distribution or "none",
+            "devices": devices,
+            "per_device_batch_size": batch_size // devices,
             "steps_per_epoch": steps_per_epoch,
             "test_accuracy": float(test_accuracy),
             "test_loss": float(test_loss),
@@ -197,6 +200,93 @@ def _train(config, downsampling, seed, dataset, verbose, callbacks):
     if traces is not None:
         metrics["compile_count"] = traces[0]
     return RunResult(metrics=metrics, epochs=epochs)
+
+
+def _compiled_model(config, downsampling, seed, dataset, schedule):
+    model = build_model(
+        config.model,
+        downsampling,
+        num_classes=dataset.num_classes,
+        input_shape=dataset.x_train.shape[1:],
+        seed=seed,
+        augment=config.data.augment,
+        downsampling_options=config.downsampling_options,
+    )
+    model.compile(
+        optimizer=make_optimizer(config.train.optimizer, schedule, model),
+        loss=_loss(config.train.label_smoothing, dataset.num_classes),
+        metrics=["accuracy"],
+        jit_compile=config.jit_compile,
+    )
+    return model
+
+
+def make_distribution(name, batch_size):
+    """The `keras.distribution` of `config.distribution`, or None.
+
+    "data_parallel" is `keras.distribution.DataParallel` over every device
+    `keras.distribution.list_devices()` finds: the variables are replicated,
+    every batch of `batch_size` (the global batch) is split evenly over the
+    devices, and the gradients are summed across them by XLA. Keras's
+    distribution API runs on JAX only (its TensorFlow part is an unused
+    prototype, and torch has none), so other backends fail here, before
+    anything trains.
+
+    Raises:
+        ValueError: not on JAX, or `batch_size` does not split evenly.
+    """
+    if name is None:
+        return None
+    if name != "data_parallel":
+        raise ValueError(
+            "`distribution` must be 'data_parallel' or None. "
+            f"Received: distribution={name!r}"
+        )
+    backend = keras.backend.backend()
+    if backend != "jax":
+        raise ValueError(
+            "`distribution: data_parallel` needs KERAS_BACKEND=jax: Keras's "
+            "distribution API runs on JAX only. On one device, leave "
+            "`distribution` unset; to use several machines or GPUs on "
+            "another backend, split the grid with `--shard i/n`, one process "
+            f"per device. Received: backend={backend!r}"
+        )
+    devices = keras.distribution.list_devices()
+    if batch_size % len(devices):
+        raise ValueError(
+            f"`train.batch_size` must split evenly over the {len(devices)} "
+            "devices of `distribution: data_parallel`. "
+            f"Received: train.batch_size={batch_size}"
+        )
+    return keras.distribution.DataParallel(devices=devices)
+
+
+def check_distribution(config):
+    """Fails fast where `config.distribution` cannot run (see
+    `make_distribution`); the batch may be cut to the training set's size
+    later, which is checked again then."""
+    make_distribution(config.distribution, config.train.batch_size)
+
+
+def _scope(distribution):
+    return (
+        contextlib.nullcontext()
+        if distribution is None
+        else (distribution.scope())
+    )
+
+
+def _divisible(batches, devices):
+    """`batches` without the last `n % devices` indices: each batch then
+    splits evenly over the devices (the per-epoch test accuracy of a
+    distributed run leaves out fewer than `devices` test images)."""
+    indices = np.concatenate(batches)
+    keep = len(indices) - len(indices) % devices
+    batch_size = max(devices, len(batches[0]) // devices * devices)
+    return [
+        indices[start : min(start + batch_size, keep)]
+        for start in range(0, keep, batch_size)
+    ]
 
 
 def epoch_orders(seed, num_examples, batch_size, epochs):

@@ -399,39 +399,3 @@ assert {backend!r} != "jax" or "tensorflow" not in sys.modules
         assert float(row["projected_seconds"]) == pytest.approx(
             2 * run_seconds, abs=0.2
         )
-
-
-@pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="times TensorFlow kernels"
-)
-def test_bench_tf_floors_writes_a_floor_per_goal_and_pool(tmp_path):
-    script = load_script("bench_tf_floors.py")
-    script["main"](
-        [
-            "--output-dir",
-            str(tmp_path),
-            "--repeats",
-            "1",
-            "--warmup",
-            "0",
-            "--batch-shape",
-            "2",
-            "8",
-            "8",
-            "4",
-        ]
-    )
-    with open(tmp_path / "floors_tensorflow.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * len(script["FLOORS"])
-    assert {r["pool"] for r in rows} == {"2x2/s2/valid", "3x3/s2/valid"}
-    for row in rows:
-        layer, _, mode = row["bounds"].partition(" ")
-        assert float(row["goal_ratio"]) == bench.RATIO_GOALS[(layer, mode)]
-        ratio = float(row["median_ms"]) / float(row["maxpool_median_ms"])
-        assert float(row["floor_ratio"]) == pytest.approx(ratio, rel=0.01)
-        # A floor adds up the parts it lists, the ones its layer must run.
-        parts = dict(p.split("=") for p in row["parts_ms"].split("; "))
-        assert tuple(parts) == script["FLOORS"][row["floor"]][1]
-        total = sum(float(ms) for ms in parts.values())
-        assert float(row["median_ms"]) == pytest.approx(total, abs=2e-3)

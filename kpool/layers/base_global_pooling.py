@@ -1,15 +1,15 @@
 import keras
 
-from kpool.layers.base_pooling import check_input_rank, standardize_data_format
+from kpool.ops.windows import check_rank, standardize_data_format
 
 
 class BaseGlobalPooling(keras.layers.Layer):
     """Base class of the global kpool poolings, for any number of dims.
 
     It holds what every global pooling shares with
-    `keras.layers.GlobalMaxPooling2D`: the arguments, the output shape, the
-    config and the rank check in `build`. A subclass sets `num_spatial_dims`
-    and defines `call`, reducing over `self.spatial_axes`.
+    `keras.layers.GlobalMaxPooling2D`: the arguments, the output shape
+    (which checks the input's rank) and the config. A subclass sets
+    `num_spatial_dims` and defines `call`, reducing over `self.spatial_axes`.
     """
 
     num_spatial_dims = None
@@ -20,12 +20,15 @@ class BaseGlobalPooling(keras.layers.Layer):
         self.keepdims = keepdims
         first = 1 if self.data_format == "channels_last" else 2
         self.spatial_axes = tuple(range(first, first + self.num_spatial_dims))
-
-    def build(self, input_shape):
-        check_input_rank(self, input_shape)
-        self.input_spec = keras.layers.InputSpec(ndim=len(input_shape))
+        self.input_spec = keras.layers.InputSpec(ndim=self.num_spatial_dims + 2)
 
     def compute_output_shape(self, input_shape):
+        check_rank(
+            input_shape,
+            self.num_spatial_dims,
+            self.data_format,
+            type(self).__name__,
+        )
         if self.keepdims:
             return tuple(
                 1 if axis in self.spatial_axes else n

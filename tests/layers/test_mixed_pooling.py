@@ -82,7 +82,7 @@ def test_matches_reference_with_one_weight_per_layer(rng, mode):
 # backend averages replicated cells into uneven padding (keras#19721).
 @pytest.mark.parametrize(
     "rank, padding, pool, size",
-    itertools.product((1, 2, 3), ("valid", "same"), (2, 3), (6,)),
+    list(itertools.product((1, 2, 3), ("valid", "same"), (2, 3), (6,))),
 )
 def test_pure_settings_match_keras_max_and_average_pooling(
     rng, rank, padding, pool, size

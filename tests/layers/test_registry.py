@@ -25,7 +25,7 @@ def test_lists_every_name():
 
 
 @pytest.mark.parametrize(
-    "name, rank", itertools.product(sorted(EXPECTED), (1, 2, 3))
+    "name, rank", list(itertools.product(sorted(EXPECTED), (1, 2, 3)))
 )
 def test_builds_the_class_of_each_name_and_rank(name, rank):
     class_name, fixed = EXPECTED[name]

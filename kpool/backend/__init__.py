@@ -1,0 +1,57 @@
+"""Backend-specific pieces of kpool's ops, chosen in one place.
+
+Every op in `kpool.ops` is written in `keras.ops`, which is correct on every
+backend on its own. Where one backend runs a piece of an op much faster
+another way, that way lives in the backend's module here
+(`kpool/backend/<name>/`), and `fast_path` is the one place that picks it:
+ops ask for a piece by name and fall back to `keras.ops` when they get
+`None`. Nothing here imports a backend at module level.
+
+Every fast path is made of the framework's own ops, so a model exported
+with `model.export()` serves without kpool.
+"""
+
+import keras
+
+
+def _module():
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        from kpool.backend import tensorflow
+
+        return tensorflow
+    if backend == "torch":
+        from kpool.backend import torch
+
+        return torch
+    return None
+
+
+def fast_path(name, inputs=None, window=None):
+    """The current backend's implementation of the piece `name`, or `None`.
+
+    `inputs` is the tensor it would run on: symbolic tensors (a functional
+    model being built) always take the `keras.ops` path. `window` is the
+    op's `kpool.ops.windows.Window`, where the choice depends on it.
+    """
+    if isinstance(inputs, keras.KerasTensor):
+        return None
+    module = _module()
+    return None if module is None else module.fast_path(name, window)
+
+
+def uniform(shape, dtype, seed):
+    """`keras.random.uniform(shape, dtype=dtype, seed=seed)`, the same
+    numbers, drawn the fastest way the backend has."""
+    fast = fast_path("uniform")
+    if fast is not None:
+        return fast(shape, dtype, seed)
+    return keras.random.uniform(shape, dtype=dtype, seed=seed)
+
+
+def running_sums(window, windows):
+    """Running sums along the window axis of `Window.windows`'s result."""
+    fast = fast_path("running_sums")
+    if fast is not None:
+        return fast(window, windows)
+    return keras.ops.cumsum(windows, axis=window.window_axis)

@@ -1,0 +1,38 @@
+"""TensorFlow's fast paths.
+
+On TensorFlow outside XLA (Keras's default on a CPU), every op is its own
+kernel and nothing fuses, so some pieces of kpool's ops have a faster form
+made of other TensorFlow ops. Inside XLA (`jit_compile=True`) the
+`keras.ops` forms fuse and stay. Random numbers take one path in every
+mode (`random.uniform`). Every piece is TensorFlow's own ops, so exported
+models serve without kpool.
+"""
+
+from kpool.backend.tensorflow import random, windows
+
+
+def in_xla():
+    """Whether ops are being traced for XLA (`jit_compile=True`)."""
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    # `tf.function(jit_compile=True)`, as Keras's `jit_compile=True` uses,
+    # traces inside an XLA context, and so does any function it calls.
+    return control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph()
+    )
+
+
+def fast_path(name, window=None):
+    if name == "uniform":
+        return random.uniform
+    if in_xla():
+        return None
+    if name == "running_sums":
+        return windows.running_sums
+    # keras.ops has no 3D depthwise convolution on TensorFlow.
+    if name == "gate_logits" and window.num_spatial_dims < 3:
+        from kpool.ops.mixed_pool import depthwise_gate_logits
+
+        return depthwise_gate_logits
+    return None

@@ -1,0 +1,103 @@
+"""Models with kpool layers export, and serve where kpool is not installed.
+
+A model holding every kpool layer and mode is trained for a step, exported
+with `model.export()` (a TensorFlow SavedModel, on TensorFlow and on JAX
+through jax2tf), and loaded in a fresh process that imports TensorFlow but
+never kpool or Keras. Its outputs must be the model's inference outputs.
+On TensorFlow the SavedModel must also convert to TFLite with the built-in
+op set only.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from .cases import layers_of_rank
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() not in ("tensorflow", "jax"),
+    reason="model.export() writes a SavedModel from TensorFlow and JAX only",
+)
+
+# Run in a process of its own: TensorFlow only, no kpool, no Keras.
+SERVE = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+directory, inputs_path, outputs_path, tflite = sys.argv[1:]
+served = tf.saved_model.load(directory)
+x = np.load(inputs_path)
+outputs = {"saved_model": np.asarray(served.serve(tf.constant(x))).tolist()}
+if tflite == "1":
+    converter = tf.lite.TFLiteConverter.from_saved_model(directory)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    interpreter.allocate_tensors()
+    (entry,) = interpreter.get_input_details()
+    interpreter.set_tensor(entry["index"], x)
+    interpreter.invoke()
+    (exit,) = interpreter.get_output_details()
+    outputs["tflite"] = interpreter.get_tensor(exit["index"]).tolist()
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("kpool", "keras"))
+outputs["loaded"] = loaded
+json.dump(outputs, open(outputs_path, "w"))
+"""
+
+
+def every_layer_model(extra_layers=()):
+    """Conv, then every kpool 2D layer and mode in turn, then a dense."""
+    return keras.Sequential(
+        [
+            keras.Input((12, 12, 3), batch_size=4),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+            *layers_of_rank(2),
+            *extra_layers,
+            keras.layers.Dense(5),
+        ]
+    )
+
+
+def serve_elsewhere(directory, x, tmp_path, tflite):
+    inputs_path = tmp_path / "inputs.npy"
+    outputs_path = tmp_path / "outputs.json"
+    np.save(inputs_path, x)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # Nothing of this checkout on the path: kpool cannot be imported there.
+    env.pop("PYTHONPATH", None)
+    subprocess.run(
+        [sys.executable, "-c", SERVE, str(directory), str(inputs_path)]
+        + [str(outputs_path), "1" if tflite else "0"],
+        check=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    with open(outputs_path) as f:
+        return json.load(f)
+
+
+def test_trained_model_serves_without_kpool(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = every_layer_model()
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (4, 12, 12, 3)).astype("float32")
+    model.fit(x, rng.normal(size=(4, 5)), epochs=2, verbose=0)
+    directory = tmp_path / "exported"
+    model.export(str(directory), verbose=False)
+    tensorflow = keras.backend.backend() == "tensorflow"
+    served = serve_elsewhere(directory, x, tmp_path, tflite=tensorflow)
+    assert served["loaded"] == []
+    expected = np.asarray(model.predict(x, verbose=0))
+    np.testing.assert_allclose(
+        served["saved_model"], expected, rtol=1e-5, atol=1e-5
+    )
+    if tensorflow:
+        np.testing.assert_allclose(
+            served["tflite"], expected, rtol=1e-4, atol=1e-5
+        )
