@@ -269,8 +269,12 @@ def receptive_field(model):
     and padding does not change it.
 
     Layers handled: convolutions (`kernel_size`, `strides`, `dilation_rate`:
-    Conv, DepthwiseConv, SeparableConv), windows (any layer with `pool_size`
+    Conv, DepthwiseConv, SeparableConv; a dilated kernel spans
+    `(k - 1) * d + 1` pixels), windows (any layer with `pool_size`
     and `strides` attributes, such as Keras's and kpool's pooling layers),
+    blur pooling (`filter_size` and `strides`: the filter is the window) and
+    max-blur pooling (a stride-1 `pool_size` window, then the filter at
+    `strides`: one window of `pool_size + filter_size - 1`),
     padding, cropping and `Permute` (no change), merges such as `Add` and
     `Concatenate` (the largest field of the branches, whose jumps must
     agree), nested Functional or Sequential models (walked through), and
@@ -556,6 +560,17 @@ def _window(layer, node, spatial_dims):
                 getattr(layer, "dilation_rate", 1),
             )
         )
+    if hasattr(layer, "filter_size") and hasattr(layer, "strides"):
+        # Blur pooling: its filter is its window. Max-blur pooling: a
+        # stride-1 window of `pool_size`, then the filter at `strides`;
+        # together one window of `pool_size + filter_size - 1`.
+        filter_size = _as_tuple(layer.filter_size, spatial_dims)
+        pool_size = _as_tuple(getattr(layer, "pool_size", 1), spatial_dims)
+        kernel = tuple(
+            p + f - 1 for p, f in zip(pool_size, filter_size, strict=True)
+        )
+        strides = _as_tuple(layer.strides, spatial_dims)
+        return kernel, strides, (1,) * spatial_dims
     if hasattr(layer, "pool_size") and hasattr(layer, "strides"):
         kernel = _as_tuple(layer.pool_size, spatial_dims)
         strides = (

@@ -257,6 +257,30 @@ def test_receptive_field_of_hand_worked_model():
     assert metrics.receptive_field(hand_worked_model()) == 24
 
 
+def test_receptive_field_of_blur_poolings_and_dilation():
+    from kpool import layers as kpool_layers
+
+    model = sequential(
+        (32, 32, 3),
+        layers.Conv2D(4, 3, padding="same"),
+        kpool_layers.BlurPooling2D(filter_size=3, strides=2),
+        layers.Conv2D(4, 3, dilation_rate=2, padding="same"),
+        kpool_layers.MaxBlurPooling2D(pool_size=2, strides=2, filter_size=4),
+        layers.Conv2D(4, 3, padding="same"),
+        kpool_layers.GlobalGeMPooling2D(),
+        layers.Dense(3),
+    )
+    # layer                 window            stride jump in field
+    # conv 3x3              3                 1      1       1 + 2*1 = 3
+    # blur, filter 3        3                 2      1       3 + 2*1 = 5
+    # conv 3x3, dilation 2  3, spans 5        1      2       5 + 2*2*2 = 13
+    # max 2 (stride 1),     2 + 4 - 1 = 5     2      2       13 + 4*2 = 21
+    #   then blur 4
+    # conv 3x3              3                 1      4       21 + 2*4 = 29
+    # GeM ends the map.
+    assert metrics.receptive_field(model) == 29
+
+
 def test_flops_and_params_of_hand_worked_model():
     model = hand_worked_model()
     expected = {
