@@ -8,6 +8,14 @@ from kpool.layers.global_min_pooling import (
     GlobalMinPooling2D,
     GlobalMinPooling3D,
 )
+from kpool.layers.lp_pooling import (
+    LPPool1D,
+    LPPool2D,
+    LPPool3D,
+    LPPooling1D,
+    LPPooling2D,
+    LPPooling3D,
+)
 from kpool.layers.min_pooling import (
     MinPool1D,
     MinPool2D,
@@ -41,6 +49,12 @@ __all__ = [
     "GlobalMinPooling1D",
     "GlobalMinPooling2D",
     "GlobalMinPooling3D",
+    "LPPool1D",
+    "LPPool2D",
+    "LPPool3D",
+    "LPPooling1D",
+    "LPPooling2D",
+    "LPPooling3D",
     "MinPool1D",
     "MinPool2D",
     "MinPool3D",

@@ -5,12 +5,14 @@ inside `jit` on every backend; the layers of `kpool.layers` call them.
 Each one's docstring gives its formula and an example.
 """
 
+from kpool.ops.lp_pool import lp_pool
 from kpool.ops.min_pool import global_min_pool, min_pool
 from kpool.ops.mixed_pool import mixed_pool
 from kpool.ops.stochastic_pool import stochastic_pool
 
 __all__ = [
     "global_min_pool",
+    "lp_pool",
     "min_pool",
     "mixed_pool",
     "stochastic_pool",
