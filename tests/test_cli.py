@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -514,3 +515,61 @@ def test_cli_modules_import_no_backend(command, report_directory):
 def test_kpool_help_imports_no_backend():
     done, _ = run_without_backend(["--help"])
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture
+def fallback_config(tmp_path):
+    """A config like the quickstart's: CIFAR-10, falling back to synthetic."""
+    data = {**TINY["data"], "source": "cifar10", "fallback": "synthetic"}
+    return write_config(tmp_path / "fallback.yaml", data=data)
+
+
+def test_named_data_fails_with_its_own_error(fallback_config, tmp_path, capsys):
+    """The issue's case: a wrong data.path on the command line became a
+    synthetic run; the config's fallback covers only the config's data."""
+    missing = tmp_path / "nonexistent.npz"
+    code = cli.main(
+        [
+            "run",
+            str(fallback_config),
+            "--output-dir",
+            str(tmp_path),
+            "--set",
+            "data.source=npz",
+            "--set",
+            f"data.path={missing}",
+        ]
+    )
+    assert code == 3
+    err = capsys.readouterr().err
+    assert f"`data.path`={str(missing)!r} is not a file" in err
+    assert "DATA FALLBACK" not in err
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_bad_npz_is_named_before_the_directory(
+    finished, config_path, tmp_path, capsys
+):
+    """A grey npz (the issue's (10, 28, 28)) fails naming the array, even
+    where the output directory holds another config's results."""
+    directory, _, _ = finished
+    path = tmp_path / "grey.npz"
+    grey = np.zeros((10, 28, 28), "uint8")
+    labels = np.arange(10) % 2
+    np.savez(path, x_train=grey, y_train=labels, x_test=grey, y_test=labels)
+    code = cli.main(
+        [
+            "run",
+            str(config_path),
+            "--output-dir",
+            str(directory.parent),
+            "--set",
+            "data.source=npz",
+            "--set",
+            f"data.path={path}",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "`x_train` in" in err and "(N, height, width, 3)" in err
+    assert "different config" not in err
