@@ -1,5 +1,13 @@
 """The kpool pooling layers, registered with Keras under package "kpool"."""
 
+from kpool.layers.blur_pooling import (
+    BlurPool1D,
+    BlurPool2D,
+    BlurPool3D,
+    BlurPooling1D,
+    BlurPooling2D,
+    BlurPooling3D,
+)
 from kpool.layers.global_min_pooling import (
     GlobalMinPool1D,
     GlobalMinPool2D,
@@ -15,6 +23,14 @@ from kpool.layers.lp_pooling import (
     LPPooling1D,
     LPPooling2D,
     LPPooling3D,
+)
+from kpool.layers.max_blur_pooling import (
+    MaxBlurPool1D,
+    MaxBlurPool2D,
+    MaxBlurPool3D,
+    MaxBlurPooling1D,
+    MaxBlurPooling2D,
+    MaxBlurPooling3D,
 )
 from kpool.layers.min_pooling import (
     MinPool1D,
@@ -43,6 +59,12 @@ from kpool.layers.stochastic_pooling import (
 from kpool.layers.unit_interval import UnitInterval
 
 __all__ = [
+    "BlurPool1D",
+    "BlurPool2D",
+    "BlurPool3D",
+    "BlurPooling1D",
+    "BlurPooling2D",
+    "BlurPooling3D",
     "GlobalMinPool1D",
     "GlobalMinPool2D",
     "GlobalMinPool3D",
@@ -55,6 +77,12 @@ __all__ = [
     "LPPooling1D",
     "LPPooling2D",
     "LPPooling3D",
+    "MaxBlurPool1D",
+    "MaxBlurPool2D",
+    "MaxBlurPool3D",
+    "MaxBlurPooling1D",
+    "MaxBlurPooling2D",
+    "MaxBlurPooling3D",
     "MinPool1D",
     "MinPool2D",
     "MinPool3D",
