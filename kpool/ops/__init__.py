@@ -5,14 +5,17 @@ inside `jit` on every backend; the layers of `kpool.layers` call them.
 Each one's docstring gives its formula and an example.
 """
 
+from kpool.ops.blur_pool import blur_pool, max_blur_pool
 from kpool.ops.lp_pool import lp_pool
 from kpool.ops.min_pool import global_min_pool, min_pool
 from kpool.ops.mixed_pool import mixed_pool
 from kpool.ops.stochastic_pool import stochastic_pool
 
 __all__ = [
+    "blur_pool",
     "global_min_pool",
     "lp_pool",
+    "max_blur_pool",
     "min_pool",
     "mixed_pool",
     "stochastic_pool",
