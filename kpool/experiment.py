@@ -314,6 +314,9 @@ def run_experiment(config, *, shard=None, verbose=1, out=None):
         print(*parts, file=out or sys.stdout, flush=True)
 
     _check_downsampling_names(config)
+    from kpool.training import check_distribution
+
+    check_distribution(config)
     _check_logging(config)
     # The data first: a missing file is the error to see, not a directory
     # that holds another config's results. `load_dataset` prints the

@@ -20,6 +20,15 @@ same data order, same augmentation draws, same optimizer and schedule.
 - Weight decay: "sgd" and "adam" add `weight_decay * w` to the gradient (an
   L2 penalty, as torch's `weight_decay` and the papers' recipes); "adamw"
   decouples it (Keras's `AdamW`). Only conv and dense kernels decay.
+- Several devices (`config.distribution: data_parallel`, JAX only):
+  training runs under `keras.distribution.DataParallel` over every local
+  device; `train.batch_size` is the global batch, split evenly, so
+  `train_images_per_sec` counts global images per second. Rows record
+  `distribution`, `devices` and `per_device_batch_size` (also for a
+  one-device run). The per-epoch test accuracy leaves out the last
+  `n_test % devices` test images; the final evaluation and every metric
+  after training run on one device, on a copy of the trained weights, with
+  every test image, so they are computed as in a one-device run.
 - Determinism (`config.deterministic`): TensorFlow's op determinism, torch's
   deterministic algorithms. JAX on a GPU needs
   `XLA_FLAGS=--xla_gpu_deterministic_ops=true` set before the process
@@ -83,7 +92,9 @@ def _train(config, downsampling, seed, dataset, verbose, callbacks):
     steps_per_epoch = n_train // batch_size
     order = epoch_orders(seed, n_train, batch_size, train.epochs)
     distribution = make_distribution(config.distribution, batch_size)
-    devices = 1 if distribution is None else distribution.device_mesh.size
+    devices = (
+        1 if distribution is None else distribution.device_mesh.devices.size
+    )
 
     schedule = LearningRateSchedule(
         train.schedule.name,
@@ -127,6 +138,9 @@ def _train(config, downsampling, seed, dataset, verbose, callbacks):
         model = _compiled_model(config, downsampling, seed, dataset, schedule)
         model.set_weights(weights)
         test_data = device_batches(dataset.x_test, dataset.y_test, test_batches)
+        # Compiles the copy's test step outside the timed evaluation, as
+        # fit's validation does for a one-device run.
+        model.evaluate(test_data, verbose=0)
 
     eval_start = time.perf_counter()
     test_loss, test_accuracy = model.evaluate(test_data, verbose=0)
@@ -265,7 +279,12 @@ def check_distribution(config):
     """Fails fast where `config.distribution` cannot run (see
     `make_distribution`); the batch may be cut to the training set's size
     later, which is checked again then."""
-    make_distribution(config.distribution, config.train.batch_size)
+    from kpool.config import ConfigError
+
+    try:
+        make_distribution(config.distribution, config.train.batch_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def _scope(distribution):

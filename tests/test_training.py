@@ -428,3 +428,117 @@ def test_jax_training_path_never_imports_tensorflow():
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.split()[:2] == ["ok", "jax"]
+
+
+DATA_PARALLEL_RUN = textwrap.dedent(
+    """
+    import json
+
+    from kpool.config import config_from_dict
+    from kpool.data import synthetic_dataset
+    from kpool.training import train_run
+
+    tiny = json.loads(%r)
+    dataset = synthetic_dataset(n_train=100, n_test=40, seed=0)
+    results = {}
+    for distribution in (None, "data_parallel"):
+        config = config_from_dict({**tiny, "distribution": distribution})
+        result = train_run(config, "max", 0, dataset, verbose=0)
+        results[str(distribution)] = {
+            "metrics": result.metrics,
+            "epochs": result.epochs,
+        }
+    print("RESULTS", json.dumps(results, default=str))
+    """
+)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution is JAX's")
+def test_data_parallel_on_four_virtual_devices_matches_one_device():
+    import json
+
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        # Read once, when JAX starts: hence the subprocess.
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL_RUN % json.dumps(TINY)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = next(
+        x for x in completed.stdout.splitlines() if x.startswith("RESULTS")
+    )
+    results = json.loads(line.removeprefix("RESULTS "))
+    one, four = results["None"]["metrics"], results["data_parallel"]["metrics"]
+    assert (one["devices"], four["devices"]) == (1, 4)
+    assert (one["distribution"], four["distribution"]) == (
+        "none",
+        "data_parallel",
+    )
+    # 24 images a step: the global batch, 6 on each device; the rate
+    # counts all 24.
+    assert four["batch_size"] == 24
+    assert four["per_device_batch_size"] == 6
+    assert four["train_ms_per_step"] == pytest.approx(
+        1000 * 24 / four["train_images_per_sec"]
+    )
+    # The same computation, with each batch's sums reduced in another order
+    # (per device, then across devices). Float32 sums of B = 24 terms in
+    # another order differ by at most ~B * eps (eps = 6e-8) of their
+    # magnitude; over S = 12 SGD steps at this small learning rate (the loss
+    # barely moves, so nothing amplifies the difference) the losses differ
+    # by at most ~S * B * eps = 1.7e-5 relative. 1e-4 leaves a factor 6 for
+    # the non-linear parts. A prediction flips only if its top two logits
+    # are closer than that: allow one image of the 40 (train: 40 of 100).
+    for key in ("train_loss", "test_loss"):
+        assert four[key] == pytest.approx(one[key], rel=1e-4)
+    epochs = zip(
+        results["None"]["epochs"],
+        results["data_parallel"]["epochs"],
+        strict=True,
+    )
+    for a, b in epochs:
+        for key in ("train_loss", "test_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4)
+    for key in ("test_accuracy", "train_eval_accuracy"):
+        assert abs(four[key] - one[key]) <= 1 / 40 + 1e-6
+    assert abs(four["train_accuracy"] - one["train_accuracy"]) <= 1 / 96
+
+
+def test_data_parallel_errors_before_training():
+    from kpool.training import make_distribution
+
+    if BACKEND != "jax":
+        with pytest.raises(ValueError, match="needs KERAS_BACKEND=jax"):
+            make_distribution("data_parallel", 24)
+        return
+    devices = len(keras.distribution.list_devices())
+    assert make_distribution(None, 24) is None
+    assert make_distribution("data_parallel", 24 * devices) is not None
+    if devices > 1:
+        with pytest.raises(ValueError, match="must split evenly"):
+            make_distribution("data_parallel", devices + 1)
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX runs data_parallel")
+def test_experiment_refuses_data_parallel_off_jax_before_training(tmp_path):
+    from kpool.config import ConfigError
+    from kpool.experiment import run_experiment
+
+    config = config_from_dict(
+        {
+            **TINY,
+            "distribution": "data_parallel",
+            "data": {"source": "synthetic", "subset": 24, "test_subset": 8},
+            "output_dir": str(tmp_path),
+        }
+    )
+    with pytest.raises(ConfigError, match="needs KERAS_BACKEND=jax"):
+        run_experiment(config, verbose=0)
+    assert list(tmp_path.iterdir()) == []
