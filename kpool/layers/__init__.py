@@ -48,6 +48,14 @@ from kpool.layers.mixed_pooling import (
     MixedPooling2D,
     MixedPooling3D,
 )
+from kpool.layers.soft_pooling import (
+    SoftPool1D,
+    SoftPool2D,
+    SoftPool3D,
+    SoftPooling1D,
+    SoftPooling2D,
+    SoftPooling3D,
+)
 from kpool.layers.stochastic_pooling import (
     StochasticPool1D,
     StochasticPool2D,
@@ -95,6 +103,12 @@ __all__ = [
     "MixedPooling1D",
     "MixedPooling2D",
     "MixedPooling3D",
+    "SoftPool1D",
+    "SoftPool2D",
+    "SoftPool3D",
+    "SoftPooling1D",
+    "SoftPooling2D",
+    "SoftPooling3D",
     "StochasticPool1D",
     "StochasticPool2D",
     "StochasticPool3D",

@@ -9,6 +9,7 @@ from kpool.ops.blur_pool import blur_pool, max_blur_pool
 from kpool.ops.lp_pool import lp_pool
 from kpool.ops.min_pool import global_min_pool, min_pool
 from kpool.ops.mixed_pool import mixed_pool
+from kpool.ops.soft_pool import soft_pool
 from kpool.ops.stochastic_pool import stochastic_pool
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "max_blur_pool",
     "min_pool",
     "mixed_pool",
+    "soft_pool",
     "stochastic_pool",
 ]

@@ -1,0 +1,214 @@
+"""SoftPooling1D/2D/3D (Stergiou, Poppe and Kalliatakis, 2021)."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+from absl.testing import parameterized
+from keras.src import testing
+
+from kpool import layers, ops
+
+from .issue13_support import (
+    assert_jit_matches_eager,
+    assert_keras_file_round_trip,
+    gradients,
+    numeric,
+    sample,
+    to_format,
+    windows,
+)
+
+SOFT = {
+    1: layers.SoftPooling1D,
+    2: layers.SoftPooling2D,
+    3: layers.SoftPooling3D,
+}
+SPATIAL = {1: (7,), 2: (7, 6), 3: (5, 6, 5)}
+FORMATS = ("channels_last", "channels_first")
+
+
+def softmax_weights(cells):
+    """The paper's softmax over each window's cells (axis -2), padded (NaN)
+    cells left out, through log-sum-exp in float64."""
+    inside = ~np.isnan(cells)
+    logits = np.where(inside, cells, -np.inf)
+    log_total = np.logaddexp.reduce(logits, axis=-2, keepdims=True)
+    return np.where(inside, np.exp(logits - log_total), 0.0)
+
+
+def soft_pool(x, pool_size, strides, padding, data_format):
+    cells = windows(x, pool_size, strides, padding, data_format)
+    weights = softmax_weights(cells)
+    pooled = (weights * np.nan_to_num(cells)).sum(axis=-2)
+    return to_format(pooled, data_format)
+
+
+def case_args(rank, padding, data_format, pool, stride):
+    return {
+        "pool_size": (pool,) * rank,
+        "strides": (stride,) * rank,
+        "padding": padding,
+        "data_format": data_format,
+    }
+
+
+CASES = [
+    pytest.param(*case, id="{}d-{}-{}-{}s{}".format(*case))
+    for case in itertools.product(
+        (1, 2, 3), ("valid", "same"), FORMATS, (2, 3), (1, 2)
+    )
+    if case[3] >= case[4]
+]
+
+
+@pytest.mark.parametrize("rank, padding, data_format, pool, stride", CASES)
+def test_matches_the_papers_formula(
+    rng, rank, padding, data_format, pool, stride
+):
+    args = case_args(rank, padding, data_format, pool, stride)
+    x = 2 * sample(rng, rank, data_format, SPATIAL[rank])
+    layer = SOFT[rank](**args)
+    outputs = numeric(layer(x))
+    assert outputs.shape == layer.compute_output_shape(x.shape)
+    expected = soft_pool(x, **args)
+    np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_gradient_is_the_softmax_derivative(rng, rank):
+    # dy/dx_i = w_i * (1 + x_i - y) for each window, summed over the
+    # windows a cell is in (they overlap: pool 3, stride 2, "same").
+    args = case_args(rank, "same", "channels_last", 3, 2)
+    x = sample(rng, rank, "channels_last", SPATIAL[rank])
+    layer = SOFT[rank](**args)
+    upstream = rng.uniform(0.5, 1.5, layer.compute_output_shape(x.shape))
+    upstream = upstream.astype("float32")
+    _, input_gradient, _ = gradients(layer, x, upstream)
+
+    cells = windows(x, **args)
+    weights = softmax_weights(cells)
+    pooled = (weights * np.nan_to_num(cells)).sum(axis=-2, keepdims=True)
+    local = (
+        weights * (1 + np.nan_to_num(cells) - pooled) * upstream[..., None, :]
+    )
+    flat = np.arange(x.size, dtype="float64").reshape(x.shape)
+    index = windows(flat, **args)
+    expected = np.zeros(x.size)
+    inside = ~np.isnan(index)
+    np.add.at(expected, index[inside].astype(int), local[inside])
+    np.testing.assert_allclose(
+        input_gradient, expected.reshape(x.shape), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_large_activations_neither_overflow_nor_give_nan():
+    # exp(1e4) overflows any float, and 3e38 + 3e38 overflows float32: the
+    # window maximum is subtracted and the weights normalised first.
+    x = np.array([1e4, 0.0, -1e4, -1e4 + 1, 3e38, 3e38]).reshape(1, 6, 1)
+    outputs = numeric(ops.soft_pool(x.astype("float32"), 2))
+    np.testing.assert_allclose(
+        outputs.ravel(),
+        [1e4, -1e4 + 1 / (1 + np.exp(-1)), 3e38],
+        rtol=1e-6,
+    )
+
+
+def test_nan_propagates_and_infinities_win():
+    x = np.array([np.nan, 1.0, np.inf, 2.0, -np.inf, -np.inf, 1.0, 3.0])
+    outputs = numeric(ops.soft_pool(x.reshape(1, 8, 1).astype("float32"), 2))
+    softmax = 1.0 * np.exp(1 - 3) / (1 + np.exp(1 - 3)) + 3.0 / (
+        1 + np.exp(1 - 3)
+    )
+    assert np.isnan(outputs[0, 0, 0])
+    assert outputs[0, 1, 0] == np.inf
+    assert outputs[0, 2, 0] == -np.inf
+    np.testing.assert_allclose(outputs[0, 3, 0], softmax, rtol=1e-6)
+
+
+def test_padded_cells_carry_no_weight():
+    # All inputs are below -4: a zero padded cell given weight would pull
+    # the edge windows toward 0 (and dominate their softmax).
+    x = np.full((1, 5, 5, 1), -5.0, "float32")
+    outputs = numeric(layers.SoftPooling2D(3, 2, "same")(x))
+    np.testing.assert_allclose(outputs, np.full((1, 3, 3, 1), -5.0), rtol=1e-6)
+
+
+def test_channels_are_pooled_independently(rng):
+    # The official CPU code shares one weight per cell across channels;
+    # the paper's (and kpool's) channel 0 ignores channel 1.
+    x = sample(rng, 2, "channels_last", (4, 4), channels=2)
+    changed = x.copy()
+    changed[..., 1] *= 10
+    first = numeric(layers.SoftPooling2D(2)(x))[..., 0]
+    second = numeric(layers.SoftPooling2D(2)(changed))[..., 0]
+    np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"pool_size": 0}, "pool_size"),
+        ({"pool_size": (2, 2, 2)}, "pool_size"),
+        ({"strides": -1}, "strides"),
+        ({"padding": "full"}, "padding"),
+        ({"data_format": "NHWC"}, "data_format"),
+    ],
+)
+def test_errors_name_the_argument(kwargs, argument):
+    with pytest.raises(ValueError, match=f"`{argument}`"):
+        layers.SoftPooling2D(**kwargs)
+
+
+def test_op_checks_inputs():
+    with pytest.raises(ValueError, match="`inputs` of soft_pool"):
+        ops.soft_pool(np.zeros((2, 3)), 2)
+    with pytest.raises(ValueError, match="padding='valid' leaves no window"):
+        ops.soft_pool(np.zeros((1, 1, 4, 2)), 2)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_keras_file_round_trip_and_jit(rng, tmp_path, rank):
+    kwargs = {"pool_size": 3, "strides": 2, "padding": "same"}
+    x = sample(rng, rank, "channels_last", SPATIAL[rank])
+    assert_keras_file_round_trip(SOFT[rank](**kwargs), x, tmp_path)
+    assert_jit_matches_eager(SOFT[rank](**kwargs), x)
+
+
+def test_mixed_precision_matches_float32(rng):
+    x = sample(rng, 2, "channels_last", (7, 6))
+    mixed = layers.SoftPooling2D(3, 2, "same", dtype="mixed_float16")(x)
+    assert keras.backend.standardize_dtype(mixed.dtype) == "float16"
+    expected = numeric(layers.SoftPooling2D(3, 2, "same")(x))
+    np.testing.assert_allclose(
+        numeric(mixed).astype("float32"), expected, rtol=2e-3, atol=2e-3
+    )
+
+
+class SoftPoolingContractTest(testing.TestCase):
+    @parameterized.parameters(
+        (1, "valid", "channels_last", (2, 7, 3), (2, 3, 3)),
+        (2, "same", "channels_first", (2, 3, 7, 6), (2, 3, 4, 3)),
+        (3, "same", "channels_last", (2, 5, 6, 5, 3), (2, 3, 3, 3, 3)),
+    )
+    def test_soft_pooling(
+        self, rank, padding, data_format, shape, output_shape
+    ):
+        self.run_layer_test(
+            SOFT[rank],
+            init_kwargs={
+                "pool_size": 2,
+                "strides": 2,
+                "padding": padding,
+                "data_format": data_format,
+            },
+            input_shape=shape,
+            expected_output_shape=output_shape,
+            expected_num_trainable_weights=0,
+            expected_num_non_trainable_weights=0,
+            expected_num_seed_generators=0,
+            expected_num_losses=0,
+            supports_masking=False,
+            assert_built_after_instantiation=True,
+        )
