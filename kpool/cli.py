@@ -11,6 +11,7 @@ Choose the Keras backend with the KERAS_BACKEND environment variable.
 """
 
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -19,6 +20,7 @@ import sys
 # failures still reach Python as exceptions. TensorFlow reads the variable
 # when it is imported, so it is set before anything imports it; a user who
 # wants the logs sets it (TF_CPP_MIN_LOG_LEVEL=0).
+TF_LOG_LEVEL_FROM_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 RUN_EPILOG = """\
@@ -97,6 +99,36 @@ def default_verbosity(stream):
         return 2
 
 
+def import_tensorflow_quietly():
+    """Imports TensorFlow, if installed, with the process's stderr closed.
+
+    Loading TensorFlow's libraries prints lines ("Could not find cuda
+    drivers", "All log messages before absl::InitializeLog() ...") before
+    its logging starts, which no TF_CPP_MIN_LOG_LEVEL silences. Keras
+    imports TensorFlow on every backend when it is installed
+    (`keras.utils.set_random_seed`), so a run pays for the import anyway.
+    A failed import is left to Keras, which then treats TensorFlow as
+    absent.
+    """
+    if "tensorflow" in sys.modules or not importlib.util.find_spec(
+        "tensorflow"
+    ):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            except ImportError:
+                pass
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 def _run(args):
     from kpool.config import load_config
     from kpool.experiment import parse_shard, run_experiment
@@ -109,6 +141,8 @@ def _run(args):
     verbose = args.verbose
     if verbose is None:
         verbose = default_verbosity(sys.stdout)
+    if not TF_LOG_LEVEL_FROM_USER:
+        import_tensorflow_quietly()
     outcome = run_experiment(config, shard=shard, verbose=verbose)
     return 1 if outcome.failed else 0
 

@@ -573,3 +573,49 @@ def test_bad_npz_is_named_before_the_directory(
     err = capsys.readouterr().err
     assert "`x_train` in" in err and "(N, height, width, 3)" in err
     assert "different config" not in err
+
+
+QUIET_IMPORT = """
+import sys
+
+{prelude}
+from kpool import cli
+
+cli.import_tensorflow_quietly()
+assert "tensorflow" in sys.modules
+print("stderr still works", file=sys.stderr)
+"""
+
+
+def test_tensorflow_is_imported_quietly():
+    pytest.importorskip("tensorflow")
+    script = QUIET_IMPORT.format(prelude=WITHOUT_THE_LAYERS)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "stderr still works\n"
+
+
+def test_tensorflow_logs_when_the_user_asks(config_path, monkeypatch):
+    import kpool.experiment
+
+    imports = []
+    monkeypatch.setattr(
+        cli, "import_tensorflow_quietly", lambda: imports.append(1)
+    )
+    monkeypatch.setattr(
+        kpool.experiment,
+        "run_experiment",
+        lambda config, **kwargs: kpool.experiment.Outcome(None, [], [], []),
+    )
+    for asked in (False, True):
+        monkeypatch.setattr(cli, "TF_LOG_LEVEL_FROM_USER", asked)
+        assert cli.main(["run", str(config_path)]) == 0
+    assert imports == [1]
