@@ -5,6 +5,8 @@ import inspect
 import keras
 import numpy as np
 import pytest
+from absl.testing import parameterized
+from keras.src import testing
 
 from kpool import layers
 
@@ -155,3 +157,35 @@ def test_mixed_precision_output_dtype(cls, kwargs, policy):
     np.testing.assert_allclose(
         outputs, keras.ops.convert_to_numpy(reference), rtol=0.05, atol=0.05
     )
+
+
+LAYER_CASES_PLAIN = [tuple(case.values) for case in LAYER_CASES]
+
+
+class KerasLayerTest(testing.TestCase):
+    """Keras's own layer test, as Keras runs it on `MaxPooling2D`."""
+
+    @parameterized.parameters(*LAYER_CASES_PLAIN)
+    def test_run_layer_test(self, cls, kwargs):
+        stateless = kwargs.get("mode") not in ("learned", "gated")
+        rank = cls.num_spatial_dims
+        shape = input_shape(rank, "channels_last", batch=2)
+        outputs = cls(**kwargs).compute_output_shape(shape)
+        weights = {"learned": 1, "gated": 1}.get(kwargs.get("mode"), 0)
+        self.run_layer_test(
+            cls,
+            init_kwargs=kwargs,
+            input_shape=shape,
+            expected_output_shape=outputs,
+            expected_num_trainable_weights=weights,
+            expected_num_non_trainable_weights=0,
+            expected_num_seed_generators=1 if "seed" in kwargs else 0,
+            supports_masking=False,
+            # Random layers: Keras's check compares two calls in training.
+            run_training_check=not stateless or "seed" not in kwargs,
+            assert_built_after_instantiation=stateless,
+            # TensorFlow and torch lack float16 3D pooling kernels on CPU
+            # (CPU_KERNEL_GAPS); test_mixed_precision_output_dtype covers
+            # the rest.
+            run_mixed_precision_check=rank < 3,
+        )
