@@ -8,6 +8,11 @@ from kpool.layers.blur_pooling import (
     BlurPooling2D,
     BlurPooling3D,
 )
+from kpool.layers.gem_pooling import (
+    GlobalGeMPooling1D,
+    GlobalGeMPooling2D,
+    GlobalGeMPooling3D,
+)
 from kpool.layers.global_min_pooling import (
     GlobalMinPool1D,
     GlobalMinPool2D,
@@ -73,6 +78,9 @@ __all__ = [
     "BlurPooling1D",
     "BlurPooling2D",
     "BlurPooling3D",
+    "GlobalGeMPooling1D",
+    "GlobalGeMPooling2D",
+    "GlobalGeMPooling3D",
     "GlobalMinPool1D",
     "GlobalMinPool2D",
     "GlobalMinPool3D",

@@ -6,6 +6,7 @@ Each one's docstring gives its formula and an example.
 """
 
 from kpool.ops.blur_pool import blur_pool, max_blur_pool
+from kpool.ops.gem_pool import global_gem_pool
 from kpool.ops.lp_pool import lp_pool
 from kpool.ops.min_pool import global_min_pool, min_pool
 from kpool.ops.mixed_pool import mixed_pool
@@ -14,6 +15,7 @@ from kpool.ops.stochastic_pool import stochastic_pool
 
 __all__ = [
     "blur_pool",
+    "global_gem_pool",
     "global_min_pool",
     "lp_pool",
     "max_blur_pool",
