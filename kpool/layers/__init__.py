@@ -69,6 +69,14 @@ from kpool.layers.stochastic_pooling import (
     StochasticPooling2D,
     StochasticPooling3D,
 )
+from kpool.layers.tree_pooling import (
+    TreePool1D,
+    TreePool2D,
+    TreePool3D,
+    TreePooling1D,
+    TreePooling2D,
+    TreePooling3D,
+)
 from kpool.layers.unit_interval import UnitInterval
 
 __all__ = [
@@ -123,5 +131,11 @@ __all__ = [
     "StochasticPooling1D",
     "StochasticPooling2D",
     "StochasticPooling3D",
+    "TreePool1D",
+    "TreePool2D",
+    "TreePool3D",
+    "TreePooling1D",
+    "TreePooling2D",
+    "TreePooling3D",
     "UnitInterval",
 ]

@@ -12,6 +12,7 @@ from kpool.ops.min_pool import global_min_pool, min_pool
 from kpool.ops.mixed_pool import mixed_pool
 from kpool.ops.soft_pool import soft_pool
 from kpool.ops.stochastic_pool import stochastic_pool
+from kpool.ops.tree_pool import tree_pool
 
 __all__ = [
     "blur_pool",
@@ -23,4 +24,5 @@ __all__ = [
     "mixed_pool",
     "soft_pool",
     "stochastic_pool",
+    "tree_pool",
 ]
