@@ -542,3 +542,51 @@ def test_experiment_refuses_data_parallel_off_jax_before_training(tmp_path):
     with pytest.raises(ConfigError, match="needs KERAS_BACKEND=jax"):
         run_experiment(config, verbose=0)
     assert list(tmp_path.iterdir()) == []
+
+
+def _digits_npz(path, size):
+    """scikit-learn's digits as an npz, by experiments/make_digits_npz.py."""
+    import importlib.util
+    import pathlib
+
+    pytest.importorskip("sklearn")
+    script = pathlib.Path(__file__).parents[1] / "experiments"
+    spec = importlib.util.spec_from_file_location(
+        "make_digits_npz", script / "make_digits_npz.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    np.savez(path, **module.digits_arrays(size=size))
+
+
+@pytest.mark.slow
+def test_learns_real_digits_through_the_npz_source(tmp_path):
+    """A short run on real images (1,400 train / 397 test handwritten
+    digits, 16x16) ends far above chance (10%) in inference mode: the
+    test accuracy tracks the training accuracy within a short run."""
+    from kpool.data import load_dataset
+
+    path = tmp_path / "digits.npz"
+    _digits_npz(path, size=16)
+    dataset = load_dataset("npz", path=str(path))
+    config = config_from_dict(
+        {
+            "model": {"family": "small_cnn", "width": 8},
+            "data": {"source": "npz", "path": str(path), "augment": False},
+            "train": {
+                "epochs": 3,
+                "batch_size": 50,
+                "optimizer": {
+                    "name": "adam",
+                    "learning_rate": 0.003,
+                    "weight_decay": 0.0,
+                },
+            },
+            "eval": {"shift_metrics": False, "batch_size": 400},
+        }
+    )
+    metrics = train_run(config, "max", 0, dataset, verbose=0).metrics
+    # 84 steps. Measured (JAX, CPU): test 0.98 (train 0.98) with momentum
+    # 0.9; with Keras's 0.99 the same training reaches test 0.45.
+    assert metrics["test_accuracy"] > 0.7
+    assert metrics["test_accuracy"] > metrics["train_accuracy"] - 0.15
