@@ -3,9 +3,9 @@
 A model holding every kpool layer and mode is trained for a step, exported
 with `model.export()` (a TensorFlow SavedModel, on TensorFlow and on JAX
 through jax2tf), and loaded in a fresh process that imports TensorFlow but
-never kpool (importing it fails there). Its outputs must be the model's inference outputs.
-On TensorFlow the SavedModel must also convert to TFLite with the built-in
-op set only.
+never kpool (importing it fails there). Its outputs must be the model's
+inference outputs. On TensorFlow the SavedModel must also convert to TFLite
+with the built-in op set only.
 """
 
 import json
