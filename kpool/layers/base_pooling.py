@@ -79,6 +79,7 @@ def layer_doc(summary, body, args, example, rank, output="pooled"):
     else:
         out_last = f"(batch, {out_spatial}, channels)"
         out_first = f"(batch, channels, {out_spatial})"
+
     def fill(text):
         # Not `str.format`: formulas hold braces.
         return text.replace("{rank}", str(rank)).replace("{data}", data)

@@ -79,7 +79,9 @@ def test_input_rank_must_match(cls):
 
 @pytest.mark.parametrize("cls", WINDOWED)
 def test_window_must_fit_in_the_input_under_valid(cls):
-    with pytest.raises(ValueError, match="`pool_size`=\\(3, 3\\) of .* is larger"):
+    with pytest.raises(
+        ValueError, match="`pool_size`=\\(3, 3\\) of .* is larger"
+    ):
         cls(pool_size=3)(np.zeros((1, 2, 5, 1), "float32"))
     # "same" pads instead.
     assert cls(pool_size=3, padding="same")(keras.Input((2, 5, 1))).shape == (
