@@ -1,5 +1,7 @@
 """Downsampling layers by name: Keras's built-in poolings and kpool's."""
 
+import inspect
+
 import keras
 
 from kpool import layers
@@ -46,6 +48,34 @@ _DOWNSAMPLINGS = {
         ),
         {},
     ),
+    "blurpool": (
+        (layers.BlurPooling1D, layers.BlurPooling2D, layers.BlurPooling3D),
+        {},
+    ),
+    "maxblurpool": (
+        (
+            layers.MaxBlurPooling1D,
+            layers.MaxBlurPooling2D,
+            layers.MaxBlurPooling3D,
+        ),
+        {},
+    ),
+    "softpool": (
+        (layers.SoftPooling1D, layers.SoftPooling2D, layers.SoftPooling3D),
+        {},
+    ),
+    "tree": (
+        (layers.TreePooling1D, layers.TreePooling2D, layers.TreePooling3D),
+        {},
+    ),
+    "median": (
+        (
+            layers.MedianPooling1D,
+            layers.MedianPooling2D,
+            layers.MedianPooling3D,
+        ),
+        {},
+    ),
     "global_max": (
         (
             keras.layers.GlobalMaxPooling1D,
@@ -85,8 +115,10 @@ def get_downsampling(name, /, rank=2, **kwargs):
         name: string, one of `downsampling_names()`: `"max"`, `"avg"`,
             `"min"`, `"mixed"` (`MixedPooling*D`, `mode="random"`),
             `"mixed_learned"` (`mode="learned"`), `"gated"`
-            (`mode="gated"`), `"stochastic"`, `"global_max"`,
-            `"global_avg"`, `"global_min"`.
+            (`mode="gated"`), `"stochastic"`, `"blurpool"`
+            (`BlurPooling*D`), `"maxblurpool"` (`MaxBlurPooling*D`),
+            `"softpool"`, `"tree"` (`TreePooling*D`), `"median"`,
+            `"global_max"`, `"global_avg"`, `"global_min"`.
         rank: int, 1, 2 or 3. Picks the 1D, 2D or 3D class.
         **kwargs: passed to the class: `pool_size`, `strides`, `padding`,
             `data_format`, `name` (the layer's: the first argument is
@@ -94,8 +126,13 @@ def get_downsampling(name, /, rank=2, **kwargs):
             `pool_size` defaults to 2;
             `data_format`, `keepdims`, `name`, ... for the global ones; plus
             `alpha`, `granularity`, `seed` for the mixed poolings and `seed`
-            for `"stochastic"`. The `mode` of a mixed pooling is fixed by
-            `name`.
+            for `"stochastic"`; `filter_size`, `strides` (default 2),
+            `padding_mode`, `data_format` for `"blurpool"`, which has no
+            `pool_size`; `pool_size` (the max window, moved with stride 1),
+            `strides` (the blur's, default 2), `filter_size`, `padding`,
+            `padding_mode` for `"maxblurpool"`; `depth`, `granularity`,
+            the initializers for `"tree"`. The `mode` of a mixed pooling is
+            fixed by `name`.
 
     Returns:
         A new `keras.layers.Layer`.
@@ -119,7 +156,9 @@ def get_downsampling(name, /, rank=2, **kwargs):
                 f"`{key}` is fixed to {value!r} by name={name!r}; drop it. "
                 f"Received: {key}={kwargs[key]!r}"
             )
-    if not name.startswith("global_"):
-        # Keras's AveragePooling*D alone has no default window.
+    cls = classes[rank - 1]
+    if "pool_size" in inspect.signature(cls.__init__).parameters:
+        # Keras's AveragePooling*D alone has no default window (blur
+        # pooling and the global poolings have none at all).
         kwargs.setdefault("pool_size", 2)
-    return classes[rank - 1](**fixed_kwargs, **kwargs)
+    return cls(**fixed_kwargs, **kwargs)
