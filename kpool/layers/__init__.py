@@ -37,6 +37,14 @@ from kpool.layers.max_blur_pooling import (
     MaxBlurPooling2D,
     MaxBlurPooling3D,
 )
+from kpool.layers.median_pooling import (
+    MedianPool1D,
+    MedianPool2D,
+    MedianPool3D,
+    MedianPooling1D,
+    MedianPooling2D,
+    MedianPooling3D,
+)
 from kpool.layers.min_pooling import (
     MinPool1D,
     MinPool2D,
@@ -107,6 +115,12 @@ __all__ = [
     "MaxBlurPooling1D",
     "MaxBlurPooling2D",
     "MaxBlurPooling3D",
+    "MedianPool1D",
+    "MedianPool2D",
+    "MedianPool3D",
+    "MedianPooling1D",
+    "MedianPooling2D",
+    "MedianPooling3D",
     "MinPool1D",
     "MinPool2D",
     "MinPool3D",

@@ -8,6 +8,7 @@ Each one's docstring gives its formula and an example.
 from kpool.ops.blur_pool import blur_pool, max_blur_pool
 from kpool.ops.gem_pool import global_gem_pool
 from kpool.ops.lp_pool import lp_pool
+from kpool.ops.median_pool import median_pool
 from kpool.ops.min_pool import global_min_pool, min_pool
 from kpool.ops.mixed_pool import mixed_pool
 from kpool.ops.soft_pool import soft_pool
@@ -20,6 +21,7 @@ __all__ = [
     "global_min_pool",
     "lp_pool",
     "max_blur_pool",
+    "median_pool",
     "min_pool",
     "mixed_pool",
     "soft_pool",
