@@ -15,13 +15,27 @@ import importlib.util
 import os
 import sys
 
+
+def _set_by_user(name):
+    """Whether the environment variable `name` was set when this process
+    started: importing JAX sets TF_CPP_MIN_LOG_LEVEL itself (to 1), and
+    `import kpool` imports JAX before this module runs."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            entries = f.read().split(b"\0")
+    except OSError:  # no /proc (macOS, Windows): the best guess left
+        return name in os.environ
+    return any(entry.startswith(f"{name}=".encode()) for entry in entries)
+
+
 # TensorFlow's C++ logs (start-up banners, and on a machine without a GPU an
 # error-level "failed call to cuInit") would bury the progress lines; real
 # failures still reach Python as exceptions. TensorFlow reads the variable
 # when it is imported, so it is set before anything imports it; a user who
 # wants the logs sets it (TF_CPP_MIN_LOG_LEVEL=0).
-TF_LOG_LEVEL_FROM_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+TF_LOG_LEVEL_FROM_USER = _set_by_user("TF_CPP_MIN_LOG_LEVEL")
+if not TF_LOG_LEVEL_FROM_USER:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
 RUN_EPILOG = """\
 Results go to OUTPUT_DIR/NAME (the config's `output_dir` and `name`):

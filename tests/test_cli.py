@@ -619,3 +619,33 @@ def test_tensorflow_logs_when_the_user_asks(config_path, monkeypatch):
         monkeypatch.setattr(cli, "TF_LOG_LEVEL_FROM_USER", asked)
         assert cli.main(["run", str(config_path)]) == 0
     assert imports == [1]
+
+
+LOG_LEVEL = """
+import os
+import sys
+
+{prelude}
+import jax  # sets TF_CPP_MIN_LOG_LEVEL=1 unless it is set
+
+from kpool import cli
+
+print(cli.TF_LOG_LEVEL_FROM_USER, os.environ["TF_CPP_MIN_LOG_LEVEL"])
+"""
+
+
+@pytest.mark.parametrize("user, expected", [(None, "False 3"), ("0", "True 0")])
+def test_tensorflow_log_level_unless_the_user_set_it(user, expected):
+    pytest.importorskip("jax")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if user is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = user
+    done = subprocess.run(
+        [sys.executable, "-c", LOG_LEVEL.format(prelude=WITHOUT_THE_LAYERS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == expected.split()
