@@ -419,8 +419,8 @@ def plot_title(runs):
         synthetic if name == "synthetic" else str(name)
         for name in ok.get("dataset", pd.Series()).dropna().unique()
     )
-    seeds = ok.groupby("downsampling")["seed"].nunique()
-    low, high = (seeds.min(), seeds.max()) if len(seeds) else (0, 0)
+    per_choice = ok.groupby("downsampling")["seed"].nunique()
+    low, high = (per_choice.min(), per_choice.max()) if len(ok) else (0, 0)
     seeds = f"{low} seed" if low == high else f"{low}-{high} seed"
     seeds += "" if high == 1 else "s"
     return (
