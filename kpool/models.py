@@ -305,12 +305,10 @@ class _Builder:
         )(x)
 
     def _pooling(self, name):
-        kwargs = {"strides": self.config.pool_strides}
-        if self.downsampling == "blurpool":
-            # Its window is its filter (`filter_size`); it has no padding
-            # mode of the `pool_padding` kind.
-            kwargs = {"strides": self.downsample_stride}
-        else:
+        kwargs = {"strides": self.downsample_stride}
+        # Blur pooling's window is its filter (`filter_size`), and it pads
+        # by `padding_mode`, never "valid".
+        if self.downsampling != "blurpool":
             kwargs.update(
                 pool_size=self.config.pool_size,
                 padding=self.config.pool_padding,

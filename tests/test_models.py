@@ -220,6 +220,94 @@ def test_strided_and_dilated_get_dropout_at_each_downsampling(family):
         assert len(dropouts) == len(DOWNSAMPLED_CHANNELS[family]), name
 
 
+def blur_layers(model):
+    return [
+        layer
+        for layer in model.layers
+        if type(layer).__name__ == "BlurPooling2D"
+    ]
+
+
+def test_blurstrided_blurs_after_a_stride_1_conv():
+    model = build("small_cnn", "blurstrided")
+    assert set(conv_strides(model).values()) == {(1, 1)}
+    blurs = blur_layers(model)
+    assert [layer.name for layer in blurs] == [
+        "stage1_conv2_blur",
+        "stage2_conv2_blur",
+    ]
+    assert {(tuple(b.strides), b.filter_size) for b in blurs} == {((2, 2), 3)}
+    assert blurs[0].input is model.get_layer("stage1_conv2_relu").output
+    assert model.count_params() == build("small_cnn", "max").count_params()
+
+
+def test_blurstrided_in_a_plain_family_is_blur_pooling_after_the_relu():
+    options = {
+        "blurstrided": {"filter_size": 5},
+        "blurpool": {"filter_size": 5},
+    }
+    config = ModelConfig(width=WIDTH)
+    outputs = [
+        keras.ops.convert_to_numpy(
+            build_model(config, name, seed=1, downsampling_options=options)(
+                IMAGES
+            )
+        )
+        for name in ("blurstrided", "blurpool")
+    ]
+    np.testing.assert_allclose(*outputs, rtol=1e-5, atol=1e-5)
+
+
+def test_blurstrided_resnet_blurs_inside_the_transition_blocks():
+    model = build("resnet", "blurstrided")
+    assert set(conv_strides(model).values()) == {(1, 1)}
+    assert sorted(layer.name for layer in blur_layers(model)) == [
+        f"stage{s}_block1_{part}_blur"
+        for s in (2, 3)
+        for part in ("conv1", "shortcut")
+    ]
+    # Zhang's anti-aliased shortcut: blur, then the 1x1 conv.
+    shortcut = model.get_layer("stage2_block1_shortcut")
+    assert (
+        shortcut.input is model.get_layer("stage2_block1_shortcut_blur").output
+    )
+    assert (
+        conv_strides(model).keys()
+        == conv_strides(build("resnet", "strided")).keys()
+    )
+
+
+def test_blurpool_takes_the_stride_and_its_filter_from_the_options():
+    model = build_model(
+        ModelConfig(width=WIDTH, pool_size=3, pool_strides=2),
+        "blurpool",
+        downsampling_options={"blurpool": {"filter_size": 4}},
+    )
+    blurs = blur_layers(model)
+    assert len(blurs) == 2
+    assert {(tuple(b.strides), b.filter_size) for b in blurs} == {((2, 2), 4)}
+
+
+def test_maxblurpool_variants_get_their_filter_sizes():
+    options = {
+        f"maxblurpool_f{f}": {"choice": "maxblurpool", "filter_size": f}
+        for f in (2, 5)
+    }
+    for f in (2, 5):
+        model = build_model(
+            ModelConfig(width=WIDTH),
+            f"maxblurpool_f{f}",
+            downsampling_options=options,
+        )
+        layers = pooling_layers(model)
+        assert [type(layer).__name__ for layer in layers] == [
+            "MaxBlurPooling2D"
+        ] * 2
+        assert {layer.filter_size for layer in layers} == {f}
+        assert {tuple(layer.pool_size) for layer in layers} == {(2, 2)}
+        assert tuple(model(IMAGES).shape) == (2, 10)
+
+
 def test_parameter_counts_of_the_pooling_choices():
     max_params = build("small_cnn", "max").count_params()
     for name in ("avg", "min", "mixed", "stochastic"):
