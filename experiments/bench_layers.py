@@ -1,16 +1,28 @@
-"""Times kpool's pooling layers against `keras.layers.MaxPooling2D`.
+"""Times kpool's pooling layers against Keras's own, layer by layer and in fit.
 
-Each layer runs forward plus backward on a `(128, 32, 32, 64)` float32
-channels_last batch, at 2x2/s2 and 3x3/s2, in every compile mode of the
-backend (`kpool.bench.COMPILE_MODES`; the mode Keras's `jit_compile="auto"`
-picks is marked `default_compile_mode`). A time is the median after warm-up;
-every layer is timed interleaved with MaxPooling2D in the same process, and
-the ratio to it is what the goals are about (`kpool.bench.RATIO_GOALS`).
-`--runs N` repeats the whole layer benchmark in N fresh processes: on a
-shared machine one process's ratios can be off by half, so the summary
-reports each case's median ratio over the runs, with its range.
-`--model-fit` adds the ratio a user sees: one `model.fit` epoch of a tiny
-conv net with its pooling layers swapped.
+Layer level (`kpool.bench.LAYER_CASES`): each layer runs on a
+`(128, 32, 32, 64)` float32 channels_last batch, at 2x2/s2 and 3x3/s2, in
+every compile mode of the backend (`kpool.bench.COMPILE_MODES`; the mode
+Keras's `jit_compile="auto"` picks is marked `default_compile_mode`), twice:
+forward plus backward in training mode, and forward alone in inference mode,
+each against its baseline run the same way (`MaxPooling2D` with the same
+window; `GlobalMaxPooling2D` for GeM; `AdaptiveMaxPooling2D(4)` for SPP;
+see `kpool.bench.BASELINES`). Blur pooling takes the window as its filter
+size and stride, fractional max pooling the output size of MaxPooling2D's
+window, unpooling is timed alone, on MaxPoolingWithArgmax2D's values and
+indices, back to the input's size. A time is the median after warm-up,
+every case interleaved with its baseline in one process; the ratio is what
+the goals are about (each case's `goal`). Layers kpool does not have yet
+are skipped with a note. `--runs N` repeats the layer benchmark in N fresh
+processes: on a shared machine one process's ratios can be off by half, so
+the summary reports each case's median ratio over the runs, with its range.
+
+Model level (`--model-fit`): `model.fit` step time of the harness's small
+CNN (`kpool.models.build_model`, `augment=False`) for every windowed pooling
+choice and "strided"/"allconv" (`kpool.bench.model_fit_choices`), relative
+to the same net with "max", in Keras's default compile mode, the fit calls
+interleaved (`kpool.bench.benchmark_model_fit`); goal
+`kpool.bench.MODEL_FIT_GOAL`.
 
     KERAS_BACKEND=jax python experiments/bench_layers.py --runs 3 --model-fit
 
@@ -32,18 +44,23 @@ from kpool import bench
 
 LAYER_COLUMNS = (
     "layer",
-    "mode_phase",
+    "mode",
+    "phase",
+    "passes",
     "pool",
+    "baseline",
     "compile_mode",
     "median_ms",
-    "maxpool_median_ms",
+    "baseline_median_ms",
     "ratio",
     "goal_ratio",
     "meets_goal",
 )
 SUMMARY_COLUMNS = (
     "layer",
-    "mode_phase",
+    "mode",
+    "phase",
+    "passes",
     "pool",
     "compile_mode",
     "runs",
@@ -54,14 +71,15 @@ SUMMARY_COLUMNS = (
     "meets_goal",
 )
 FIT_COLUMNS = (
-    "layer",
-    "mode_phase",
-    "pool",
-    "jit_compile",
+    "downsampling",
+    "compile_mode",
     "resolved_jit_compile",
     "median_ms_per_step",
-    "maxpool_median_ms_per_step",
+    "max_median_ms_per_step",
     "ratio",
+    "ratio_spread",
+    "goal_ratio",
+    "meets_goal",
 )
 
 
@@ -89,7 +107,8 @@ def parse_args(argv):
     parser.add_argument(
         "--model-fit",
         action="store_true",
-        help="also time model.fit of a tiny conv net per pooling layer",
+        help="also time model.fit of the harness's small CNN per "
+        "downsampling choice",
     )
     parser.add_argument(
         "--skip-layers",
@@ -103,7 +122,21 @@ def parse_args(argv):
         choices=["auto", "true", "false"],
         help="jit_compile values for --model-fit",
     )
-    parser.add_argument("--fit-repeats", type=int, default=7)
+    parser.add_argument("--fit-repeats", type=int, default=5)
+    parser.add_argument("--fit-steps", type=int, default=8)
+    parser.add_argument("--fit-batch-size", type=int, default=128)
+    parser.add_argument(
+        "--fit-choices",
+        nargs="+",
+        help="downsampling choices for --model-fit, besides max "
+        "(default: bench.model_fit_choices())",
+    )
+    parser.add_argument(
+        "--layers",
+        nargs="+",
+        help="time only these layers (default: every case of "
+        "bench.LAYER_CASES)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -126,9 +159,26 @@ def layer_argv(args):
     argv += ["--padding", args.padding]
     if args.compile_modes:
         argv += ["--compile-modes", *args.compile_modes]
+    if args.layers:
+        argv += ["--layers", *args.layers]
     if args.quick:
         argv.append("--quick")
     return argv
+
+
+def select_cases(layers):
+    """The cases of `bench.LAYER_CASES` whose layer is in `layers` (all of
+    them for `None`)."""
+    if not layers:
+        return bench.LAYER_CASES
+    known = {case.layer for case in bench.LAYER_CASES}
+    unknown = sorted(set(layers) - known)
+    if unknown:
+        raise SystemExit(
+            f"--layers must name layers of bench.LAYER_CASES "
+            f"({sorted(known)}). Received: {unknown}"
+        )
+    return tuple(c for c in bench.LAYER_CASES if c.layer in layers)
 
 
 def run_layers(args, layer_settings):
@@ -163,11 +213,19 @@ def main(argv=None):
         repeats=args.repeats,
         warmup=args.warmup,
         compile_modes=args.compile_modes,
+        cases=select_cases(args.layers),
     )
-    fit_settings = dict(padding=args.padding, repeats=args.fit_repeats)
+    fit_settings = dict(
+        choices=args.fit_choices,
+        repeats=args.fit_repeats,
+        steps=args.fit_steps,
+        batch_size=args.fit_batch_size,
+    )
     if args.quick:
         layer_settings.update(batch_shape=(4, 8, 8, 4), repeats=2, warmup=1)
-        fit_settings.update(batch_size=8, steps=2, repeats=1)
+        fit_settings.update(
+            width=4, input_shape=(16, 16, 3), batch_size=4, steps=3, repeats=1
+        )
     for mode, meaning in bench.COMPILE_MODES[backend].items():
         print(f"{backend} compile mode {mode!r}: {meaning}")
     print(f"Keras's default here: {bench.default_compile_mode()!r}")

@@ -12,6 +12,7 @@ Compile modes name what Keras itself does with a train step, per backend
 picks, the mode users run unless they ask for another.
 """
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -38,44 +39,233 @@ COMPILE_MODES = {
     },
 }
 
-# Goals of the layer benchmark, as ratios of a layer's forward plus backward
-# time to MaxPooling2D's with the same window, in the same process.
-RATIO_GOALS = {
-    ("MinPooling2D", ""): 1.5,
-    ("MixedPooling2D", "random"): 2.5,
-    ("MixedPooling2D", "learned"): 2.5,
-    ("MixedPooling2D", "gated"): 2.5,
-    ("StochasticPooling2D", "inference"): 2.5,
-    ("StochasticPooling2D", "training"): 4.0,
+
+@dataclasses.dataclass(frozen=True)
+class LayerCase:
+    """One timed case of the layer benchmark.
+
+    `layer` names a class of `kpool.layers`, built with `kwargs` plus the
+    window arguments that `window` names (`WINDOW_KINDS`). It runs with
+    `training` and, where `backward`, through its backward pass too, and is
+    timed against `baseline` (a key of `BASELINES`) run the same way (the
+    same `training` and passes). `goal` is the largest ratio to the
+    baseline that meets the goal (`None`: none set).
+    """
+
+    layer: str
+    mode: str = ""
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    training: bool = True
+    backward: bool = True
+    baseline: str = "MaxPooling2D"
+    goal: float | None = None
+    window: str = "pool"
+
+    @property
+    def phase(self):
+        return "training" if self.training else "inference"
+
+    @property
+    def passes(self):
+        return "fwd+bwd" if self.backward else "fwd"
+
+    @property
+    def key(self):
+        return (self.layer, self.mode, self.phase, self.passes)
+
+
+# How a case takes the benchmark's window (`pool_size`, `strides`,
+# `padding`):
+WINDOW_KINDS = {
+    # as MaxPooling2D does;
+    "pool": "pool_size, strides, padding as given",
+    # blur pooling's window is its filter;
+    "filter": "filter_size=pool_size, strides (the blur pads itself)",
+    # a global pooling has no window, so it runs once, not per pool;
+    "none": "no window: timed once, pool 'global'",
+    # fractional max pooling: the output size of MaxPooling2D's window;
+    "output_size": "output_size (or output_ratio) giving MaxPooling2D's "
+    "output size, plus pool_size where the layer takes one",
+    # unpooling: the values and indices of max pooling with argmax over the
+    # window, unpooled back to the input's size.
+    "unpool": "the pooling's window; input: MaxPoolingWithArgmax2D's values",
 }
 
-# (layer, mode or phase, training) for every kpool layer benchmarked.
+# Layers the benchmark compares with, by name: what each stands for.
+BASELINES = {
+    "MaxPooling2D": "keras.layers.MaxPooling2D with the case's window",
+    "GlobalMaxPooling2D": "keras.layers.GlobalMaxPooling2D: a global "
+    "pooling's window is the whole map",
+    "AdaptiveMaxPooling2D(4)": "keras.layers.AdaptiveMaxPooling2D(4): the "
+    "finest level of a [1, 2, 4] pyramid",
+}
+
+
+def _training_and_inference(layer, mode="", *, kwargs=None, train, infer):
+    """The fwd+bwd training case and the forward-only inference case."""
+    kwargs = kwargs or {}
+    return (
+        LayerCase(layer, mode, kwargs, goal=train),
+        LayerCase(layer, mode, kwargs, False, False, goal=infer),
+    )
+
+
+def _new_operator(layer, mode="", *, goal, **fields):
+    """A new operator: fwd+bwd in training (with the issues' goal) and its
+    forward-only inference (no goal set)."""
+    return (
+        LayerCase(layer, mode, goal=goal, **fields),
+        LayerCase(layer, mode, training=False, backward=False, **fields),
+    )
+
+
+_SEED = {"seed": 0}
+
+# Every case, in table order. The goals are issue 15's for min, mixed and
+# stochastic pooling (fwd+bwd in training; forward-only inference against
+# MaxPooling2D's forward) and issues 12 and 13's for the new operators
+# (fwd+bwd; their inference is timed too, with no goal).
 LAYER_CASES = (
-    ("MinPooling2D", "", True),
-    ("MixedPooling2D", "random", True),
-    ("MixedPooling2D", "learned", True),
-    ("MixedPooling2D", "gated", True),
-    ("StochasticPooling2D", "training", True),
-    ("StochasticPooling2D", "inference", False),
+    *_training_and_inference("MinPooling2D", train=1.5, infer=1.5),
+    *_training_and_inference(
+        "MixedPooling2D",
+        "random",
+        kwargs={"mode": "random", **_SEED},
+        train=2.5,
+        infer=1.5,
+    ),
+    *_training_and_inference(
+        "MixedPooling2D",
+        "learned",
+        kwargs={"mode": "learned", **_SEED},
+        train=2.5,
+        infer=1.5,
+    ),
+    *_training_and_inference(
+        "MixedPooling2D",
+        "gated",
+        kwargs={"mode": "gated", **_SEED},
+        train=2.5,
+        infer=2.0,
+    ),
+    *_training_and_inference(
+        "StochasticPooling2D", kwargs=_SEED, train=4.0, infer=1.5
+    ),
+    *_new_operator("LPPooling2D", "p=2", kwargs={"norm_type": 2}, goal=2.0),
+    *_new_operator(
+        "GlobalGeMPooling2D",
+        baseline="GlobalMaxPooling2D",
+        window="none",
+        goal=2.0,
+    ),
+    *_new_operator(
+        "SpatialPyramidPooling2D",
+        "bins=1,2,4",
+        kwargs={"bins": [1, 2, 4]},
+        baseline="AdaptiveMaxPooling2D(4)",
+        window="none",
+        goal=2.0,
+    ),
+    *_new_operator(
+        "FractionalMaxPooling2D", kwargs=_SEED, window="output_size", goal=3.0
+    ),
+    *_new_operator("MaxUnpooling2D", window="unpool", goal=2.0),
+    *_new_operator("BlurPooling2D", window="filter", goal=2.0),
+    *_new_operator("MaxBlurPooling2D", goal=2.0),
+    *_new_operator("SoftPooling2D", goal=2.0),
+    *_new_operator("TreePooling2D", goal=3.0),
+    *_new_operator("MedianPooling2D", goal=4.0),
 )
 
 _ITEMSIZES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 
-BASELINE = ("MaxPooling2D", "")
-
-
-def make_layer(layer_name, mode, **window):
-    """The layer of a `LAYER_CASES` entry (or `BASELINE`), seeded."""
+def available_cases(cases=LAYER_CASES):
+    """The cases whose layer `kpool.layers` has, with a printed note for
+    each one it lacks (operators land one by one; the benchmark runs with
+    what is there)."""
     from kpool import layers
 
-    if (layer_name, mode) == BASELINE:
+    missing = sorted({c.layer for c in cases if not hasattr(layers, c.layer)})
+    for name in missing:
+        print(f"Skipping {name}: kpool.layers has no such layer yet")
+    return tuple(c for c in cases if c.layer not in missing)
+
+
+def make_baseline(name, window):
+    """The Keras layer `BASELINES[name]` for `window`."""
+    if name == "MaxPooling2D":
         return keras.layers.MaxPooling2D(**window)
-    if layer_name == "MixedPooling2D":
-        return layers.MixedPooling2D(mode=mode, seed=0, **window)
-    if layer_name == "StochasticPooling2D":
-        return layers.StochasticPooling2D(seed=0, **window)
-    return getattr(layers, layer_name)(**window)
+    if name == "GlobalMaxPooling2D":
+        return keras.layers.GlobalMaxPooling2D()
+    if name == "AdaptiveMaxPooling2D(4)":
+        return keras.layers.AdaptiveMaxPooling2D(4)
+    raise ValueError(
+        f"`baseline` must be one of {list(BASELINES)}. Received: {name!r}"
+    )
+
+
+def make_case(case, window, inputs):
+    """`(layer, inputs)` for `case` at `window` (`pool_size`, `strides`,
+    `padding`) on `inputs`: the layer to time and what to call it on."""
+    from kpool import layers
+
+    cls = getattr(layers, case.layer)
+    kwargs = dict(case.kwargs)
+    if case.window in ("pool", "unpool"):
+        kwargs.update(window)
+    elif case.window == "filter":
+        kwargs.update(
+            filter_size=window["pool_size"], strides=window["strides"]
+        )
+    elif case.window == "output_size":
+        kwargs.update(_output_size_arguments(cls, window, inputs.shape))
+    elif case.window != "none":
+        raise ValueError(
+            f"`window` must be one of {list(WINDOW_KINDS)}. "
+            f"Received: window={case.window!r}"
+        )
+    if case.window != "unpool":
+        return cls(**kwargs), inputs
+    values, indices = layers.MaxPoolingWithArgmax2D(**window)(inputs)
+    size = tuple(inputs.shape[1:3])
+    return _FixedIndices(cls(output_size=size, **kwargs), indices), values
+
+
+def _output_size_arguments(cls, window, input_shape):
+    """Arguments that make fractional max pooling give MaxPooling2D's
+    output size at `window`, in whichever form the layer takes it."""
+    output_shape = keras.layers.MaxPooling2D(**window).compute_output_shape(
+        tuple(input_shape)
+    )
+    size = tuple(int(n) for n in output_shape[1:3])
+    parameters = inspect.signature(cls.__init__).parameters
+    if "output_size" in parameters:
+        arguments = {"output_size": size}
+    else:
+        arguments = {
+            "output_ratio": tuple(
+                out / n for out, n in zip(size, input_shape[1:3], strict=True)
+            )
+        }
+    if "pool_size" in parameters:
+        arguments["pool_size"] = window["pool_size"]
+    return arguments
+
+
+class _FixedIndices(keras.layers.Layer):
+    """`MaxUnpooling2D` called on one input, the argmax indices fixed: the
+    unpooling of a decoder, with the gradient to its values."""
+
+    def __init__(self, unpool, indices, **kwargs):
+        # TensorFlow's name scopes refuse the default, "_fixed_indices".
+        kwargs.setdefault("name", "unpooling_at_fixed_indices")
+        super().__init__(**kwargs)
+        self.unpool = unpool
+        self.indices = indices
+
+    def call(self, inputs):
+        return self.unpool(inputs, self.indices)
 
 
 def default_compile_mode():
@@ -158,15 +348,20 @@ def median_ms(seconds):
     return 1000.0 * statistics.median(seconds)
 
 
-def layer_step(layer, inputs, *, training, compile_mode, number=1):
-    """A callable that runs `layer` forward and backward, then synchronises.
+def layer_step(
+    layer, inputs, *, training, compile_mode, backward=True, number=1
+):
+    """A callable that runs `layer` forward (and backward), then synchronises.
 
     The backward pass takes a fixed random output gradient and computes the
     gradients with respect to the input and to every trainable weight, as a
-    train step needs. Each call of the callable runs `number` steps back to
-    back (on a GPU, enough to hide the launch latency of one), synchronises
-    once and returns the last `(outputs, [input gradient, *weight
-    gradients])`. The layer's random state advances on every step.
+    train step needs. With `backward=False` the step is the forward pass
+    alone, as inference runs it (on torch, under `torch.no_grad()`, as
+    Keras's `predict` does). Each call of the callable runs `number` steps
+    back to back (on a GPU, enough to hide the launch latency of one),
+    synchronises once and returns the last `(outputs, [input gradient,
+    *weight gradients])`, the list empty without `backward`. The layer's
+    random state advances on every step.
     """
     check_compile_mode(compile_mode)
     # Builds the layer, so that its weights exist before any tracing.
@@ -179,7 +374,9 @@ def layer_step(layer, inputs, *, training, compile_mode, number=1):
         "tensorflow": _tf_layer_step,
         "torch": _torch_layer_step,
     }[keras.backend.backend()]
-    step = make_step(layer, inputs, output_grad, training, compile_mode)
+    step = make_step(
+        layer, inputs, output_grad if backward else None, training, compile_mode
+    )
 
     def run():
         for _ in range(number):
@@ -198,18 +395,31 @@ def _jax_layer_step(layer, inputs, output_grad, training, compile_mode):
     if "training" in inspect.signature(layer.call).parameters:
         call_kwargs["training"] = training
 
-    def forward_backward(trainable, non_trainable, x, dy):
-        def forward(trainable, x):
-            return layer.stateless_call(
-                trainable, non_trainable, x, **call_kwargs
-            )
+    def forward(trainable, non_trainable, x):
+        return layer.stateless_call(trainable, non_trainable, x, **call_kwargs)
 
-        y, vjp, non_trainable = jax.vjp(forward, trainable, x, has_aux=True)
+    def forward_backward(trainable, non_trainable, x, dy):
+        y, vjp, non_trainable = jax.vjp(
+            lambda trainable, x: forward(trainable, non_trainable, x),
+            trainable,
+            x,
+            has_aux=True,
+        )
         return y, vjp(dy), non_trainable
 
-    step = compile_function(forward_backward, compile_mode)
     trainable = [v.value for v in layer.trainable_variables]
     state = [v.value for v in layer.non_trainable_variables]
+    if output_grad is None:
+        forward_only = compile_function(forward, compile_mode)
+
+        def run():
+            nonlocal state
+            y, state = forward_only(trainable, state, inputs)
+            return y, []
+
+        return run
+
+    step = compile_function(forward_backward, compile_mode)
 
     def run():
         nonlocal state
@@ -223,6 +433,12 @@ def _jax_layer_step(layer, inputs, output_grad, training, compile_mode):
 
 def _tf_layer_step(layer, inputs, output_grad, training, compile_mode):
     import tensorflow as tf
+
+    if output_grad is None:
+        forward = compile_function(
+            lambda x: layer(x, training=training), compile_mode
+        )
+        return lambda: (forward(inputs), [])
 
     def forward_backward(x, dy):
         with tf.GradientTape() as tape:
@@ -242,6 +458,14 @@ def _torch_layer_step(layer, inputs, output_grad, training, compile_mode):
     forward = compile_function(
         lambda x: layer(x, training=training), compile_mode
     )
+    if output_grad is None:
+
+        def run_forward():
+            with torch.no_grad():
+                return forward(inputs), []
+
+        return run_forward
+
     x = inputs.detach().requires_grad_()
     sources = [x, *(v.value for v in layer.trainable_variables)]
 
@@ -272,8 +496,8 @@ def copy_bandwidth(nbytes, *, repeats=10, warmup=2, compile_mode=None):
     return 2 * 4 * size / statistics.median(times["copy"])
 
 
-def pooling_bytes(input_shape, output_shape, dtype):
-    """The fewest bytes any pooling's forward plus backward must move.
+def pooling_bytes(input_shape, output_shape, dtype, backward=True):
+    """The fewest bytes any pooling's forward (plus backward) must move.
 
     Forward reads the input and writes the output; backward reads the input
     (to find or weigh each window's elements) and the output gradient, and
@@ -283,6 +507,8 @@ def pooling_bytes(input_shape, output_shape, dtype):
     itemsize = _ITEMSIZES[keras.backend.standardize_dtype(dtype)]
     n_in = _count(input_shape)
     n_out = _count(output_shape)
+    if not backward:
+        return itemsize * (n_in + n_out)
     return itemsize * (3 * n_in + 2 * n_out)
 
 
@@ -305,58 +531,79 @@ def benchmark_layers(
     number=1,
     cases=LAYER_CASES,
 ):
-    """Times every case against `keras.layers.MaxPooling2D`, interleaved.
+    """Times every case against its baseline, interleaved.
 
     `pools` lists `(pool_size, strides)` pairs and `compile_modes` the modes
-    to run (default: every mode of the backend). A timed sample is `number`
-    steps (see `layer_step`). Returns one row per case, pool and compile
-    mode, with the median forward-plus-backward time of one step, the max
-    pooling median from the same rounds, and their ratio.
+    to run (default: every mode of the backend). For each pool and mode,
+    every case and every baseline it needs (run with the case's `training`
+    and passes) are timed round by round in one process. A timed sample is
+    `number` steps (see `layer_step`). Cases whose layer kpool does not
+    have yet are skipped (`available_cases`), and so are cases whose first
+    step fails, with a printed note; cases without a window run at the
+    first pool only. Returns one row per case, pool and compile mode,
+    with the median time of one step, the baseline's median from the same
+    rounds, and their ratio.
     """
     backend = keras.backend.backend()
     compile_modes = compile_modes or list(COMPILE_MODES[backend])
-    inputs = keras.random.normal(batch_shape, dtype=dtype, seed=0)
+    cases = available_cases(cases)
+    images = keras.random.normal(batch_shape, dtype=dtype, seed=0)
     env = environment()
     rows = []
-    for pool_size, strides in pools:
+    for pool_index, (pool_size, strides) in enumerate(pools):
         window = dict(pool_size=pool_size, strides=strides, padding=padding)
-        pool = f"{pool_size}x{pool_size}/s{strides}/{padding}"
+        pool_cases = [c for c in cases if pool_index == 0 or c.window != "none"]
         for compile_mode in compile_modes:
-            steps = {
-                (layer_name, mode): layer_step(
-                    make_layer(layer_name, mode, **window),
-                    inputs,
-                    training=training,
-                    compile_mode=compile_mode,
-                    number=number,
-                )
-                for layer_name, mode, training in [(*BASELINE, True), *cases]
-            }
+            steps, shapes, timed_cases = {}, {}, []
+            for case in pool_cases:
+                baseline = ("baseline", case.baseline, *case.key[2:])
+                try:
+                    if baseline not in steps:
+                        layer = make_baseline(case.baseline, window)
+                        steps[baseline], shapes[baseline] = _timed_step(
+                            layer, images, case, compile_mode, number
+                        )
+                    layer, inputs = make_case(case, window, images)
+                    steps[case.key], shapes[case.key] = _timed_step(
+                        layer, inputs, case, compile_mode, number
+                    )
+                except Exception as error:  # A layer still being written.
+                    # The last lines of a traced error say what failed.
+                    message = " ".join(str(error).split())[-300:]
+                    print(
+                        f"Skipping {' '.join(case.key)} at {window}: "
+                        f"{type(error).__name__}: ...{message}"
+                    )
+                    continue
+                timed_cases.append(case)
             times = time_interleaved(steps, repeats=repeats, warmup=warmup)
-            max_ms = median_ms(times.pop(BASELINE)) / number
-            output_shape = keras.layers.MaxPooling2D(
-                **window
-            ).compute_output_shape(batch_shape)
-            for (layer_name, mode), seconds in times.items():
-                candidate_ms = median_ms(seconds) / number
-                goal = RATIO_GOALS.get((layer_name, mode))
-                ratio = candidate_ms / max_ms
+            for case in timed_cases:
+                baseline = ("baseline", case.baseline, *case.key[2:])
+                baseline_ms = median_ms(times[baseline]) / number
+                case_ms = median_ms(times[case.key]) / number
+                ratio = case_ms / baseline_ms
+                goal = case.goal
                 rows.append(
                     {
-                        "layer": layer_name,
-                        "mode_phase": mode,
-                        "pool": pool,
+                        "layer": case.layer,
+                        "mode": case.mode,
+                        "phase": case.phase,
+                        "passes": case.passes,
+                        "pool": "global"
+                        if case.window == "none"
+                        else f"{pool_size}x{pool_size}/s{strides}/{padding}",
+                        "baseline": case.baseline,
                         "compile_mode": compile_mode,
                         "default_compile_mode": compile_mode
                         == default_compile_mode(),
                         "batch_shape": "x".join(map(str, batch_shape)),
-                        "median_ms": round(candidate_ms, 4),
-                        "maxpool_median_ms": round(max_ms, 4),
+                        "median_ms": round(case_ms, 4),
+                        "baseline_median_ms": round(baseline_ms, 4),
                         "ratio": round(ratio, 3),
                         "goal_ratio": goal,
                         "meets_goal": None if goal is None else ratio <= goal,
                         "min_bytes": pooling_bytes(
-                            batch_shape, output_shape, dtype
+                            *shapes[case.key], dtype, case.backward
                         ),
                         "repeats": repeats,
                         "steps_per_sample": number,
@@ -367,10 +614,28 @@ def benchmark_layers(
     return rows
 
 
+def _timed_step(layer, inputs, case, compile_mode, number):
+    """`layer_step` run as `case` says, and its (input, output) shapes.
+
+    The step runs once here, so that a layer that fails to trace fails
+    before the timing starts."""
+    step = layer_step(
+        layer,
+        inputs,
+        training=case.training,
+        backward=case.backward,
+        compile_mode=compile_mode,
+        number=number,
+    )
+    outputs, _ = step()
+    return step, (tuple(inputs.shape), tuple(outputs.shape))
+
+
 # What identifies a case of `benchmark_layers`, and what a summary keeps of
 # it from its first run.
-_CASE_KEYS = ("layer", "mode_phase", "pool", "compile_mode")
+_CASE_KEYS = ("layer", "mode", "phase", "passes", "pool", "compile_mode")
 _KEPT_KEYS = (
+    "baseline",
     "default_compile_mode",
     "batch_shape",
     "repeats",
@@ -385,7 +650,7 @@ _KEPT_KEYS = (
 def summarize_runs(rows):
     """One row per case from the rows of several `benchmark_layers` runs.
 
-    Within one run every ratio is timed interleaved with MaxPooling2D, but a
+    Within one run every ratio is timed interleaved with its baseline, but a
     whole process can sit in a slow or fast state on a shared CPU (seen
     here: MaxPooling2D's median moved between 3.6 and 7.4 ms from one run to
     the next while the layers' held), so a ratio from one process can be off
@@ -413,9 +678,9 @@ def summarize_runs(rows):
                 "median_ms": round(
                     statistics.median(float(r["median_ms"]) for r in runs), 4
                 ),
-                "maxpool_median_ms": round(
+                "baseline_median_ms": round(
                     statistics.median(
-                        float(r["maxpool_median_ms"]) for r in runs
+                        float(r["baseline_median_ms"]) for r in runs
                     ),
                     4,
                 ),
@@ -427,22 +692,6 @@ def summarize_runs(rows):
             }
         )
     return summary
-
-
-def conv_model(pooling, *, input_shape=(32, 32, 3), num_classes=10):
-    """A tiny conv net with two downsamplings made by `pooling()`."""
-    keras.utils.set_random_seed(0)
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            pooling(),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            pooling(),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(num_classes),
-        ]
-    )
 
 
 class StepClock(keras.callbacks.Callback):
@@ -472,88 +721,127 @@ class StepClock(keras.callbacks.Callback):
         )
 
 
+# Goal of the model-level benchmark (issue 15): every choice's `fit` step
+# time within this ratio of the same net with max pooling.
+MODEL_FIT_GOAL = 1.25
+# The harness's choices that replace pooling by a convolution, timed beside
+# the poolings as what users would otherwise run.
+CONV_CHOICES = ("strided", "allconv")
+
+
+def model_fit_choices():
+    """The small CNN's choices timed against "max": every windowed pooling
+    of the registry `build_model` takes, then `CONV_CHOICES`."""
+    from kpool import models
+
+    choices = models.downsampling_choices()
+    poolings = [
+        c for c in choices if c not in models.NON_POOLING_CHOICES and c != "max"
+    ]
+    return (*poolings, *(c for c in CONV_CHOICES if c in choices))
+
+
 def benchmark_model_fit(
     *,
-    pools=((2, 2),),
+    choices=None,
+    family="small_cnn",
+    width=None,
+    input_shape=(32, 32, 3),
     jit_compile="auto",
     batch_size=128,
-    steps=20,
-    repeats=7,
+    steps=8,
+    repeats=5,
     warmup=1,
-    padding="valid",
-    cases=LAYER_CASES,
 ):
-    """Times `model.fit` steps of `conv_model` per case and max pooling.
+    """Times `model.fit` steps of the harness's model per downsampling choice.
 
-    What a user sees: Keras's own train step, data handling and compile
-    mode. The models differ only in their pooling layers and their one-epoch
-    `fit` calls are interleaved. A step's time is read between batch ends
-    (`StepClock`), the first step of each call left out: that is the time
-    per step of a long `fit`, without what each call costs once (building
-    the data iterator; on TensorFlow, ~0.6 s of teardown after some calls,
-    which doubled an epoch's time at random). Returns one row per case and
-    pool with the median time per step and the ratio to max pooling.
-    Training-phase cases only: `fit` always trains.
+    What a user sees: `kpool.models.build_model(ModelConfig(family), choice,
+    augment=False)` (the harness's window, padding and position), Keras's
+    own train step, data handling and compile mode (`jit_compile`). The
+    models differ only in their downsampling and their one-epoch `fit`
+    calls are interleaved with the same net with "max" pooling. A step's
+    time is read between batch ends (`StepClock`), the first step of each
+    call left out, and the first `warmup` calls (tracing) dropped: that is
+    the time per step of a long `fit`, without what each call costs once
+    (building the data iterator; on TensorFlow, ~0.6 s of teardown after
+    some calls, which doubled an epoch's time at random). Returns one row
+    per choice (default `model_fit_choices()`) with the median time per
+    step and the ratio to "max".
     """
     import numpy as np
 
+    from kpool import models
+    from kpool.config import ModelConfig
+
+    choices = model_fit_choices() if choices is None else tuple(choices)
+    model_config = ModelConfig(family=family, width=width)
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (batch_size * steps, 32, 32, 3)).astype("float32")
+    x = rng.uniform(0, 255, (batch_size * steps, *input_shape))
+    x = x.astype("float32")
     y = rng.integers(0, 10, batch_size * steps).astype("int32")
     env = environment()
+    epochs, clocks = {}, {}
+    for choice in ("max", *choices):
+        model = models.build_model(
+            model_config, choice, input_shape=input_shape, augment=False
+        )
+        model.compile(
+            optimizer="sgd",
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit_compile,
+        )
+        resolved_jit_compile = model.jit_compile
+        clocks[choice] = StepClock()
+        epochs[choice] = functools.partial(
+            model.fit,
+            x,
+            y,
+            batch_size=batch_size,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[clocks[choice]],
+        )
+    time_interleaved(epochs, repeats=repeats, warmup=warmup)
+    times = {
+        choice: clock.step_seconds[warmup:] for choice, clock in clocks.items()
+    }
+    max_ms = median_ms(times.pop("max"))
     rows = []
-    for pool_size, strides in pools:
-        window = dict(pool_size=pool_size, strides=strides, padding=padding)
-        epochs, clocks = {}, {}
-        for name in [
-            BASELINE,
-            *((n, m) for n, m, training in cases if training),
-        ]:
-            model = conv_model(functools.partial(make_layer, *name, **window))
-            model.compile(
-                optimizer="sgd",
-                loss=keras.losses.SparseCategoricalCrossentropy(
-                    from_logits=True
-                ),
-                jit_compile=jit_compile,
-            )
-            resolved_jit_compile = model.jit_compile
-            clocks[name] = StepClock()
-            epochs[name] = functools.partial(
-                model.fit,
-                x,
-                y,
-                batch_size=batch_size,
-                epochs=1,
-                shuffle=False,
-                verbose=0,
-                callbacks=[clocks[name]],
-            )
-        time_interleaved(epochs, repeats=repeats, warmup=warmup)
-        times = {
-            name: clock.step_seconds[warmup:] for name, clock in clocks.items()
-        }
-        max_ms = median_ms(times.pop(BASELINE))
-        for (layer_name, mode), seconds in times.items():
-            step_ms = median_ms(seconds)
-            rows.append(
-                {
-                    "layer": layer_name,
-                    "mode_phase": mode,
-                    "pool": f"{pool_size}x{pool_size}/s{strides}/{padding}",
-                    "jit_compile": jit_compile,
-                    "resolved_jit_compile": resolved_jit_compile,
-                    "batch_size": batch_size,
-                    "steps": steps,
-                    "median_ms_per_step": round(step_ms, 4),
-                    "maxpool_median_ms_per_step": round(max_ms, 4),
-                    "ratio": round(step_ms / max_ms, 3),
-                    "repeats": repeats,
-                    "dtype": "float32",
-                    **env,
-                }
-            )
+    for choice, seconds in times.items():
+        step_ms = median_ms(seconds)
+        ratio = step_ms / max_ms
+        rows.append(
+            {
+                "downsampling": choice,
+                "model": family,
+                "input_shape": "x".join(map(str, input_shape)),
+                "jit_compile": jit_compile,
+                "resolved_jit_compile": resolved_jit_compile,
+                "compile_mode": default_compile_mode()
+                if jit_compile == "auto"
+                else "",
+                "batch_size": batch_size,
+                "steps": steps,
+                "median_ms_per_step": round(step_ms, 4),
+                "max_median_ms_per_step": round(max_ms, 4),
+                "ratio": round(ratio, 3),
+                "ratio_spread": _spread(seconds, max_ms),
+                "goal_ratio": MODEL_FIT_GOAL,
+                "meets_goal": ratio <= MODEL_FIT_GOAL,
+                "repeats": repeats,
+                "dtype": "float32",
+                **env,
+            }
+        )
     return rows
+
+
+def _spread(seconds, max_ms):
+    """The lowest and highest per-call step time over "max"'s median, as
+    "lo-hi": how far one call's ratio can wander on a loaded machine."""
+    ratios = [1000.0 * s / max_ms for s in seconds]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
 def write_csv(rows, path):

@@ -108,18 +108,30 @@ def test_layer_step_runs_forward_and_backward():
     assert np.all((input_grad != 0) == is_max)
 
 
+def case(layer, mode=""):
+    """The training fwd+bwd case of `bench.LAYER_CASES` for that layer."""
+    return next(
+        c
+        for c in bench.LAYER_CASES
+        if (c.layer, c.mode) == (layer, mode) and c.backward
+    )
+
+
+WINDOW = dict(pool_size=2, strides=2, padding="valid")
+
+
 def test_layer_step_returns_weight_gradients_and_advances_the_seed():
     inputs = keras.random.uniform((2, 8, 8, 3), seed=0)
     mode = bench.default_compile_mode()
-    learned = bench.make_layer("MixedPooling2D", "learned", pool_size=2)
+    learned, _ = bench.make_case(
+        case("MixedPooling2D", "learned"), WINDOW, inputs
+    )
     _, grads = bench.layer_step(
         learned, inputs, training=True, compile_mode=mode
     )()
     assert [tuple(g.shape) for g in grads] == [(2, 8, 8, 3), ()]
 
-    stochastic = bench.make_layer(
-        "StochasticPooling2D", "training", pool_size=2
-    )
+    stochastic, _ = bench.make_case(case("StochasticPooling2D"), WINDOW, inputs)
     step = bench.layer_step(
         stochastic, inputs, training=True, compile_mode=mode
     )
@@ -128,6 +140,140 @@ def test_layer_step_returns_weight_gradients_and_advances_the_seed():
     assert not np.array_equal(
         keras.ops.convert_to_numpy(first), keras.ops.convert_to_numpy(second)
     )
+
+
+def test_forward_only_step_is_the_inference_forward():
+    inputs = keras.random.uniform((2, 8, 8, 3), seed=0)
+    layer = keras.layers.MaxPooling2D(2)
+    outputs, grads = bench.layer_step(
+        layer,
+        inputs,
+        training=False,
+        backward=False,
+        compile_mode=bench.default_compile_mode(),
+    )()
+    assert grads == []
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(outputs),
+        keras.ops.convert_to_numpy(layer(inputs)),
+    )
+
+
+def test_every_layer_is_timed_fwd_bwd_in_training_and_forward_in_inference():
+    layers = {c.layer for c in bench.LAYER_CASES}
+    for layer in layers:
+        passes = {
+            (c.phase, c.passes) for c in bench.LAYER_CASES if c.layer == layer
+        }
+        assert passes == {("training", "fwd+bwd"), ("inference", "fwd")}
+    assert all(c.baseline in bench.BASELINES for c in bench.LAYER_CASES)
+    assert all(c.window in bench.WINDOW_KINDS for c in bench.LAYER_CASES)
+    keys = [c.key for c in bench.LAYER_CASES]
+    assert len(keys) == len(set(keys))
+
+
+def test_goals_are_the_issues():
+    goals = {
+        (c.layer, c.mode, c.phase): c.goal
+        for c in bench.LAYER_CASES
+        if c.goal is not None
+    }
+    assert goals == {
+        ("MinPooling2D", "", "training"): 1.5,
+        ("MinPooling2D", "", "inference"): 1.5,
+        **{
+            ("MixedPooling2D", mode, "training"): 2.5
+            for mode in ("random", "learned", "gated")
+        },
+        ("MixedPooling2D", "random", "inference"): 1.5,
+        ("MixedPooling2D", "learned", "inference"): 1.5,
+        ("MixedPooling2D", "gated", "inference"): 2.0,
+        ("StochasticPooling2D", "", "training"): 4.0,
+        ("StochasticPooling2D", "", "inference"): 1.5,
+        ("LPPooling2D", "p=2", "training"): 2.0,
+        ("GlobalGeMPooling2D", "", "training"): 2.0,
+        ("SpatialPyramidPooling2D", "bins=1,2,4", "training"): 2.0,
+        ("FractionalMaxPooling2D", "", "training"): 3.0,
+        ("MaxUnpooling2D", "", "training"): 2.0,
+        ("BlurPooling2D", "", "training"): 2.0,
+        ("MaxBlurPooling2D", "", "training"): 2.0,
+        ("SoftPooling2D", "", "training"): 2.0,
+        ("TreePooling2D", "", "training"): 3.0,
+        ("MedianPooling2D", "", "training"): 4.0,
+    }
+
+
+@pytest.mark.parametrize(
+    "layer, mode, shape",
+    [
+        ("LPPooling2D", "p=2", (2, 4, 4, 3)),
+        ("BlurPooling2D", "", (2, 4, 4, 3)),
+        ("MaxBlurPooling2D", "", (2, 4, 4, 3)),
+        ("GlobalGeMPooling2D", "", (2, 3)),
+        ("MaxUnpooling2D", "", (2, 8, 8, 3)),
+    ],
+)
+def test_make_case_gives_the_window_as_the_layer_takes_it(layer, mode, shape):
+    if not bench.available_cases([case(layer, mode)]):
+        pytest.skip(f"{layer} not in kpool.layers yet")
+    images = keras.random.uniform((2, 8, 8, 3), seed=0)
+    built, inputs = bench.make_case(case(layer, mode), WINDOW, images)
+    if layer == "MaxUnpooling2D":
+        # Unpooled from MaxPooling2D's values back to the input's size.
+        assert tuple(inputs.shape) == (2, 4, 4, 3)
+    if layer == "BlurPooling2D":
+        config = built.get_config()
+        assert np.ravel(config["filter_size"]).tolist() in ([2], [2, 2])
+        assert np.ravel(config["strides"]).tolist() in ([2], [2, 2])
+    assert tuple(built(inputs).shape) == shape
+
+
+def test_fractional_pooling_gets_max_poolings_output_size():
+    class BySize:
+        def __init__(self, pool_size=2, output_size=None, seed=None):
+            pass
+
+    class ByRatio:
+        def __init__(self, output_ratio=None, seed=None):
+            pass
+
+    window = dict(pool_size=3, strides=2, padding="valid")
+    arguments = bench._output_size_arguments(BySize, window, (2, 32, 32, 3))
+    assert arguments == {"output_size": (15, 15), "pool_size": 3}
+    arguments = bench._output_size_arguments(ByRatio, window, (2, 32, 32, 3))
+    assert arguments == {"output_ratio": (15 / 32, 15 / 32)}
+
+
+def test_missing_and_failing_layers_are_skipped_with_a_note(capsys):
+    cases = (
+        bench.LayerCase("MinPooling2D", goal=1.5),
+        bench.LayerCase("NoSuchPooling2D"),
+        # Fails in its first step: blur pooling takes no `padding`.
+        bench.LayerCase("BlurPooling2D", kwargs={"padding": "same"}),
+    )
+    rows = bench.benchmark_layers(
+        pools=[(2, 2)],
+        compile_modes=[bench.default_compile_mode()],
+        batch_shape=(2, 8, 8, 3),
+        repeats=1,
+        warmup=0,
+        cases=cases,
+    )
+    assert [r["layer"] for r in rows] == ["MinPooling2D"]
+    printed = capsys.readouterr().out
+    assert "Skipping NoSuchPooling2D" in printed
+    assert "Skipping BlurPooling2D" in printed
+
+
+def test_model_fit_choices_are_the_windowed_poolings_then_convolutions():
+    from kpool import models
+
+    choices = bench.model_fit_choices()
+    assert choices[-2:] == ("strided", "allconv")
+    assert "max" not in choices
+    assert not any(c.startswith("global_") for c in choices)
+    assert {"min", "mixed", "stochastic"} <= set(choices)
+    assert set(choices) <= set(models.downsampling_choices())
 
 
 def test_format_table_aligns_columns():
@@ -155,32 +301,54 @@ def run_bench_layers(output_dir, *args):
     return keras.backend.backend()
 
 
+def expected_rows(pools=("2x2/s2/valid", "3x3/s2/valid")):
+    """(layer, mode, phase, passes, pool) of every case kpool has, in the
+    order the benchmark writes them."""
+    cases = bench.available_cases()
+    return [
+        (*c.key, "global" if c.window == "none" else pool)
+        for index, pool in enumerate(pools)
+        for c in cases
+        if index == 0 or c.window != "none"
+    ]
+
+
+def row_key(row):
+    return tuple(row[k] for k in ("layer", "mode", "phase", "passes", "pool"))
+
+
 def test_bench_layers_script_writes_every_case_with_its_ratio(tmp_path):
-    backend = run_bench_layers(tmp_path, "--model-fit")
+    backend = run_bench_layers(
+        tmp_path, "--model-fit", "--fit-choices", "min", "strided"
+    )
     rows = read_csv(tmp_path / f"layers_{backend}.csv")
-    cases = {(layer, mode) for layer, mode, _ in bench.LAYER_CASES}
-    assert {(r["layer"], r["mode_phase"]) for r in rows} == cases
-    assert {r["pool"] for r in rows} == {"2x2/s2/valid", "3x3/s2/valid"}
+    assert [row_key(r) for r in rows] == expected_rows()
     for row in rows:
         assert row["backend"] == backend
         assert row["compile_mode"] == bench.default_compile_mode()
         assert row["dtype"] == "float32"
+        assert row["baseline"] in bench.BASELINES
         assert row["device"] and row["machine"] and row["date"]
-        ratio = float(row["median_ms"]) / float(row["maxpool_median_ms"])
+        ratio = float(row["median_ms"]) / float(row["baseline_median_ms"])
         assert float(row["ratio"]) == pytest.approx(ratio, rel=1e-2)
-        goal = float(row["goal_ratio"])
-        assert row["meets_goal"] == str(float(row["ratio"]) <= goal)
+        if row["goal_ratio"]:
+            goal = float(row["goal_ratio"])
+            assert row["meets_goal"] == str(float(row["ratio"]) <= goal)
+        else:
+            assert row["meets_goal"] == ""
 
     rows = read_csv(tmp_path / f"model_fit_{backend}.csv")
-    training_cases = {
-        (layer, mode) for layer, mode, t in bench.LAYER_CASES if t
-    }
-    assert {(r["layer"], r["mode_phase"]) for r in rows} == training_cases
+    assert [r["downsampling"] for r in rows] == ["min", "strided"]
     for row in rows:
+        assert row["model"] == "small_cnn" and row["backend"] == backend
+        assert row["compile_mode"] == bench.default_compile_mode()
+        assert row["device"] and row["machine"] and row["date"]
         step_ratio = float(row["median_ms_per_step"]) / float(
-            row["maxpool_median_ms_per_step"]
+            row["max_median_ms_per_step"]
         )
         assert float(row["ratio"]) == pytest.approx(step_ratio, rel=1e-2)
+        assert float(row["goal_ratio"]) == bench.MODEL_FIT_GOAL
+        assert row["meets_goal"] == str(float(row["ratio"]) <= 1.25)
 
 
 def test_summarize_runs_takes_each_cases_median_ratio_over_runs():
@@ -188,7 +356,9 @@ def test_summarize_runs_takes_each_cases_median_ratio_over_runs():
         ("MinPooling2D", ""): [1.7, 1.4, 1.6],
         ("MixedPooling2D", "learned"): [3.0, 1.0, 2.0],
     }
+    goals = {("MinPooling2D", ""): 1.5, ("MixedPooling2D", "learned"): 2.5}
     kept = {
+        "baseline": "MaxPooling2D",
         "default_compile_mode": True,
         "batch_shape": "4x8x8x4",
         "repeats": 2,
@@ -200,13 +370,15 @@ def test_summarize_runs_takes_each_cases_median_ratio_over_runs():
         {
             "run": run,
             "layer": layer,
-            "mode_phase": mode,
+            "mode": mode,
+            "phase": "training",
+            "passes": "fwd+bwd",
             "pool": "2x2/s2/valid",
             "compile_mode": "graph",
             "median_ms": 10.0 * ratio,
-            "maxpool_median_ms": 10.0,
+            "baseline_median_ms": 10.0,
             "ratio": ratio,
-            "goal_ratio": bench.RATIO_GOALS[layer, mode],
+            "goal_ratio": goals[layer, mode],
             "date": f"2026-11-21T09:0{run}:00",
             **kept,
         }
@@ -215,9 +387,9 @@ def test_summarize_runs_takes_each_cases_median_ratio_over_runs():
         for ratio in [case_ratios[run]]
     ]
     summary = bench.summarize_runs(rows)
-    assert [(r["layer"], r["mode_phase"]) for r in summary] == list(ratios)
+    assert [(r["layer"], r["mode"]) for r in summary] == list(ratios)
     for row in summary:
-        case_ratios = ratios[row["layer"], row["mode_phase"]]
+        case_ratios = ratios[row["layer"], row["mode"]]
         assert row["runs"] == 3
         assert row["ratio"] == pytest.approx(np.median(case_ratios))
         assert row["ratio_min"] == min(case_ratios)
@@ -233,31 +405,29 @@ def test_summarize_runs_takes_each_cases_median_ratio_over_runs():
 
 
 def test_bench_layers_script_summarises_fresh_process_runs(tmp_path):
-    backend = run_bench_layers(tmp_path, "--runs", "2")
+    backend = run_bench_layers(
+        tmp_path, "--runs", "2", "--layers", "MinPooling2D", "SoftPooling2D"
+    )
     rows = read_csv(tmp_path / f"layers_{backend}.csv")
     summary = read_csv(tmp_path / f"layers_{backend}_summary.csv")
-    cases = [(layer, mode) for layer, mode, _ in bench.LAYER_CASES]
-    pools = ["2x2/s2/valid", "3x3/s2/valid"]
-    assert [(r["layer"], r["mode_phase"], r["pool"]) for r in summary] == [
-        (*case, pool) for pool in pools for case in cases
+    layers = ("MinPooling2D", "SoftPooling2D")
+    assert [row_key(r) for r in summary] == [
+        key for key in expected_rows() if key[0] in layers
     ]
     for row in summary:
-        runs = [
-            r
-            for r in rows
-            if (r["layer"], r["mode_phase"], r["pool"])
-            == (row["layer"], row["mode_phase"], row["pool"])
-        ]
+        runs = [r for r in rows if row_key(r) == row_key(row)]
         assert sorted(r["run"] for r in runs) == ["0", "1"]
         ratio = np.median([float(r["ratio"]) for r in runs])
         assert row["runs"] == "2"
         assert float(row["ratio"]) == pytest.approx(ratio, abs=1e-3)
 
 
-def test_bench_layers_script_rejects_zero_runs():
+def test_bench_layers_script_rejects_zero_runs_and_unknown_layers():
     main = load_script("bench_layers.py")["main"]
     with pytest.raises(SystemExit):
         main(["--runs", "0"])
+    with pytest.raises(SystemExit, match="NoSuchPooling2D"):
+        main(["--layers", "NoSuchPooling2D"])
 
 
 def test_step_clock_times_steps_between_batch_ends(monkeypatch):
@@ -285,17 +455,6 @@ def test_step_clock_sees_every_step_of_fit():
         model.fit(x, y, batch_size=3, verbose=0, callbacks=[clock])
     assert len(clock.step_seconds) == 2
     assert all(0 < s < 60 for s in clock.step_seconds)
-
-
-def test_conv_model_uses_the_given_pooling_twice():
-    model = bench.conv_model(
-        lambda: bench.make_layer("MinPooling2D", "", pool_size=2)
-    )
-    pools = [layer for layer in model.layers if "min_pooling" in layer.name]
-    assert len(pools) == 2
-    assert model.output_shape == (None, 10)
-    x = np.zeros((1, 32, 32, 3), "float32")
-    assert model(x).shape == (1, 10)
 
 
 @pytest.mark.slow
@@ -349,7 +508,7 @@ assert {backend!r} != "jax" or "tensorflow" not in sys.modules
     ]
 
     layers = read_csv(output_dir / "layers.csv")
-    assert len(layers) == len(bench.LAYER_CASES)
+    assert len(layers) == len(expected_rows(["2x2/s2/valid"]))
     for row in layers:
         assert row["dataset"] == "synthetic" and row["backend"] == backend
         achieved = int(row["min_bytes"]) / float(row["median_ms"]) / 1e6
