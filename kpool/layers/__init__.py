@@ -45,6 +45,8 @@ from kpool.layers.median_pooling import (
     MedianPooling2D,
     MedianPooling3D,
 )
+from kpool.layers.max_pooling_with_argmax import MaxPoolingWithArgmax2D
+from kpool.layers.max_unpooling import MaxUnpooling2D
 from kpool.layers.min_pooling import (
     MinPool1D,
     MinPool2D,
@@ -121,6 +123,8 @@ __all__ = [
     "MedianPooling1D",
     "MedianPooling2D",
     "MedianPooling3D",
+    "MaxPoolingWithArgmax2D",
+    "MaxUnpooling2D",
     "MinPool1D",
     "MinPool2D",
     "MinPool3D",

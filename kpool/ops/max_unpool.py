@@ -1,0 +1,209 @@
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from kpool.ops.windows import (
+    Window,
+    as_tensor,
+    check_rank,
+    standardize_tuple,
+)
+
+
+def max_pool_with_argmax(
+    inputs, pool_size, strides=None, padding="valid", data_format=None
+):
+    """Max pooling that also returns where each maximum came from.
+
+    The values are `keras.ops.max_pool`'s (with its gradient). The indices
+    are int32 and have the values' shape; each is the flat index of the
+    maximal input cell within its example and channel, row-major over the
+    spatial dims: `h * width + w` in 2D, `(d * height + h) * width + w` in
+    3D, whatever `data_format` is. That is `torch.nn.functional.max_pool2d(
+    ..., return_indices=True)`'s layout. TensorFlow's
+    `tf.nn.max_pool_with_argmax` (and TFA's `MaxUnpooling2D`) instead index
+    `((b * height + h) * width + w) * channels + c` over channels-last
+    inputs: to convert, `torch_index = tf_index // channels %
+    (height * width)` for `include_batch_in_index=True`.
+
+    Under `"same"` a padded cell is never the maximum; with ties the first
+    maximal cell of the window in row-major order wins, as in torch.
+
+    Args:
+        inputs: tensor of rank 3, 4 or 5, laid out as `data_format` says.
+        pool_size: int or tuple of ints, one per spatial dim.
+        strides: int, tuple of ints, or `None` (meaning `pool_size`).
+        padding: `"valid"` or `"same"`.
+        data_format: `"channels_last"`, `"channels_first"`, or `None` for
+            `keras.config.image_data_format()`.
+
+    Returns:
+        `(values, indices)`, both of the pooled shape.
+
+    Example:
+
+    >>> x = np.array([[1.0, 5.0], [7.0, 2.0]]).reshape(1, 2, 2, 1)
+    >>> values, indices = kpool.ops.max_pool_with_argmax(x, 2)
+    >>> values[0, 0, 0, 0], indices[0, 0, 0, 0]  # 7.0, 2 (h=1, w=0)
+    """
+    inputs = as_tensor(inputs)
+    window = Window.of(
+        inputs, pool_size, strides, padding, data_format, "max_pool_with_argmax"
+    )
+    window.check_fits(inputs.shape, "max_pool_with_argmax")
+    values = window.max_pool(inputs)
+    spatial = window.spatial_shape(inputs.shape)
+    padded = inputs
+    if window.padding == "same":
+        pads = window.full_shape(window.same_pads(spatial), (0, 0))
+        padded = ops.pad(inputs, pads, constant_values=-np.inf)
+    offsets = ops.argmax(
+        window.windows(ops.stop_gradient(padded)), axis=window.window_axis
+    )
+    offsets = ops.cast(offsets, "int32")
+    return values, ops.cast(_flat_indices(window, spatial, offsets), "int32")
+
+
+def _flat_indices(window, spatial, offsets):
+    """The flat input index of the `offsets`-th element of each window."""
+    pads = window.same_pads(spatial) if window.padding == "same" else None
+    out_spatial = window.output_spatial_shape(window.full_shape(spatial, 1))
+    flat = 0
+    for d, (n, k, s, out) in enumerate(
+        zip(spatial, window.pool_size, window.strides, out_spatial, strict=True)
+    ):
+        before = pads[d][0] if pads else 0
+        inner = math.prod(window.pool_size[d + 1 :])
+        starts = np.arange(out, dtype="int32") * s - before
+        shape = [1] * window.num_spatial_dims
+        shape[d] = out
+        starts = ops.convert_to_tensor(
+            starts.reshape(window.full_shape(shape, 1)), "int32"
+        )
+        position = starts + (offsets // inner) % k
+        flat = flat * n + position
+    return flat
+
+
+def max_unpool(
+    inputs,
+    indices,
+    pool_size,
+    strides=None,
+    padding="valid",
+    output_size=None,
+    data_format=None,
+):
+    """Max unpooling (SegNet): scatters pooled values back to their cells.
+
+    The inverse of `max_pool_with_argmax`: an output of the pooled input's
+    spatial shape, zero except at `indices` (laid out as that op returns
+    them: flat over the spatial dims, per example and channel), which get
+    the values of `inputs`. Where several values go to one cell (windows
+    that overlap and share a maximum) they add up, as in TFA's
+    `MaxUnpooling2D`; `torch.nn.functional.max_unpool2d` keeps one of them.
+    The gradient with respect to `inputs` reads the upstream gradient at
+    `indices`, as torch's does.
+
+    The window arguments give the output's default spatial size, the
+    largest input that pools to `inputs`'s size: `(n - 1) * strides +
+    pool_size` under `"valid"` (torch's default) and `n * strides` under
+    `"same"`. `output_size` picks another size that pools to it (an odd one,
+    say, as SegNet needs for an odd encoder map).
+
+    Reference: Badrinarayanan, Kendall and Cipolla, "SegNet: A Deep
+    Convolutional Encoder-Decoder Architecture for Image Segmentation",
+    TPAMI 2017.
+
+    Args:
+        inputs: tensor of rank 3, 4 or 5, the pooled values.
+        indices: integer tensor of the shape of `inputs`.
+        pool_size: int or tuple of ints: the pooling's window.
+        strides: int, tuple of ints, or `None` (meaning `pool_size`).
+        padding: `"valid"` or `"same"`: the pooling's padding.
+        output_size: `None`, or an int or tuple of ints, one per spatial
+            dim: the spatial shape of the result.
+        data_format: `"channels_last"`, `"channels_first"`, or `None` for
+            `keras.config.image_data_format()`.
+
+    Returns:
+        The unpooled tensor, of the dtype of `inputs`.
+
+    Example:
+
+    >>> x = np.random.rand(2, 8, 8, 3).astype("float32")
+    >>> values, indices = kpool.ops.max_pool_with_argmax(x, 2)
+    >>> kpool.ops.max_unpool(values, indices, 2).shape  # (2, 8, 8, 3)
+    """
+    inputs = as_tensor(inputs)
+    indices = as_tensor(indices)
+    window = Window.of(
+        inputs, pool_size, strides, padding, data_format, "max_unpool"
+    )
+    size = unpooled_spatial_shape(window, inputs.shape, output_size)
+    if tuple(indices.shape[1:]) != tuple(inputs.shape[1:]):
+        raise ValueError(
+            "`indices` must have the shape of `inputs`. Received: "
+            f"indices.shape={tuple(indices.shape)}, "
+            f"inputs.shape={tuple(inputs.shape)}"
+        )
+    dtype = keras.backend.standardize_dtype(inputs.dtype)
+    if not window.channels_last:
+        channels_first = inputs
+        index_first = indices
+    else:
+        order = [0, window.num_spatial_dims + 1, *window.spatial_axes()]
+        channels_first = ops.transpose(inputs, order)
+        index_first = ops.transpose(indices, order)
+    shape = ops.shape(channels_first)
+    rows = shape[0] * shape[1]
+    cells = math.prod(size)
+    values = ops.reshape(channels_first, (-1,))
+    row_offsets = ops.reshape(ops.arange(rows, dtype="int32") * cells, (-1, 1))
+    segment_ids = ops.reshape(
+        ops.reshape(ops.cast(index_first, "int32"), (rows, -1)) + row_offsets,
+        (-1,),
+    )
+    unpooled = ops.segment_sum(values, segment_ids, num_segments=rows * cells)
+    unpooled = ops.reshape(
+        ops.cast(unpooled, dtype), (shape[0], shape[1], *size)
+    )
+    if window.channels_last:
+        n = window.num_spatial_dims
+        unpooled = ops.transpose(unpooled, [0, *range(2, n + 2), 1])
+    return unpooled
+
+
+def unpooled_spatial_shape(window, pooled_shape, output_size, caller=None):
+    """The spatial shape `max_unpool` returns, checked to pool back."""
+    caller = caller or "max_unpool"
+    check_rank(
+        pooled_shape, window.num_spatial_dims, window.data_format, caller
+    )
+    pooled = window.spatial_shape(pooled_shape)
+    if output_size is None:
+        if any(n is None for n in pooled):
+            return (None,) * window.num_spatial_dims
+        if window.padding == "valid":
+            return tuple(
+                (n - 1) * s + k
+                for n, k, s in zip(
+                    pooled, window.pool_size, window.strides, strict=True
+                )
+            )
+        return tuple(n * s for n, s in zip(pooled, window.strides, strict=True))
+    size = standardize_tuple(
+        output_size, window.num_spatial_dims, "output_size"
+    )
+    pools_to = window.output_spatial_shape(window.full_shape(size, 1))
+    if any(
+        n is not None and n != m for n, m in zip(pooled, pools_to, strict=True)
+    ):
+        raise ValueError(
+            f"`output_size` must be a size that the pooling's window takes to "
+            f"the input's spatial shape {tuple(pooled)}, but it pools to "
+            f"{pools_to}. Received: output_size={output_size!r}"
+        )
+    return size
