@@ -11,6 +11,7 @@ import numbers
 import numpy as np
 from keras import ops
 
+from kpool import backend
 from kpool.ops.windows import (
     Window,
     as_tensor,
@@ -19,6 +20,7 @@ from kpool.ops.windows import (
     spatial_rank,
     standardize_data_format,
     standardize_tuple,
+    unit_slice,
 )
 
 PADDING_MODES = ("reflect", "replicate", "zero", "constant")
@@ -111,35 +113,14 @@ class Blur:
         compute_dtype = float_compute_dtype(dtype)
         outputs = ops.cast(inputs, compute_dtype)
         weights = binomial_filter(self.filter_size)
+        # The sliced form suits XLA; the TensorFlow graph runs the depthwise
+        # convolution faster (`depthwise_filter_axis`, a backend's choice).
+        filter_axis = (
+            backend.fast_path("blur_filter_axis", inputs) or sliced_filter_axis
+        )
         for axis, s in zip(self.spatial_axes(), self.strides, strict=True):
-            outputs = self.filter_axis(outputs, axis, s, weights)
+            outputs = filter_axis(self, outputs, axis, s, weights)
         return ops.cast(outputs, dtype)
-
-    def filter_axis(self, inputs, axis, stride, weights):
-        """The 1-D blur and subsampling of `inputs` along `axis`.
-
-        Whatever the data format, `inputs` is viewed (by a reshape, no
-        transpose) as `(outer, n, inner)`, the dims before `axis` folded
-        into `outer` and those after it into `inner`. As every channel gets
-        the same filter, the blur is then a 1-D depthwise convolution with
-        `inner` channels.
-        """
-        shape = list(inputs.shape)
-        n, inner = shape[axis], math.prod(shape[axis + 1 :])
-        view = ops.reshape(inputs, (-1, n, inner))
-        view = self.pad(view)
-        kernel = np.broadcast_to(
-            weights[:, None, None], (len(weights), inner, 1)
-        )
-        view = ops.depthwise_conv(
-            view,
-            ops.convert_to_tensor(kernel, view.dtype),
-            strides=stride,
-            padding="valid",
-            data_format="channels_last",
-        )
-        shape[axis] = math.ceil(n / stride)
-        return ops.reshape(view, [-1, *shape[1:]])
 
     def pad(self, view):
         """Pads axis 1 of `view` by `self.pads`, as `padding_mode` says."""
@@ -158,6 +139,65 @@ class Blur:
             tail = ops.repeat(view[:, n - 1 :], after, axis=1)
         pieces = [head, view, tail] if before else [view, tail]
         return ops.concatenate(pieces, axis=1)
+
+
+def sliced_filter_axis(blur, inputs, axis, stride, weights):
+    """The 1-D blur and subsampling of `inputs` along `axis`.
+
+    Whatever the data format, `inputs` is viewed (by a reshape, no
+    transpose) as `(outer, n, inner)`, the dims before `axis` folded
+    into `outer` and those after it into `inner`: every channel gets
+    the same filter. Output `t` is `sum_j weights[j] * padded[t * s +
+    j]`. Strided slices would give each term, but their TensorFlow
+    gradient is slow (see `Window.windows`); instead the padded axis is
+    cropped or zero-extended to `s * (out + q)` cells, `q = (f - 1) //
+    s`, and split into `(out + q, s)`, so that cell `t * s + j` is
+    `(t + j // s, j % s)` and each term is a unit-stride slice. This
+    costs `f` multiply-adds per output, which XLA fuses: on its CPU
+    backend a depthwise convolution with `inner` channels runs several
+    times slower.
+    """
+    shape = list(inputs.shape)
+    n, inner = shape[axis], math.prod(shape[axis + 1 :])
+    out = math.ceil(n / stride)
+    shape[axis] = out
+    view = blur.pad(ops.reshape(inputs, (-1, n, inner)))
+    if len(weights) == 1 and stride == 1:
+        return ops.reshape(view, [-1, *shape[1:]])
+    length = stride * (out + (len(weights) - 1) // stride)
+    padded = view.shape[1]
+    if length > padded:
+        view = ops.pad(view, [(0, 0), (0, length - padded), (0, 0)])
+    elif length < padded:
+        view = unit_slice(view, 1, 0, length)
+    view = ops.reshape(view, (-1, length // stride, stride, inner))
+    total = None
+    for j, weight in enumerate(weights):
+        term = unit_slice(view, 1, j // stride, out)
+        term = ops.squeeze(unit_slice(term, 2, j % stride, 1), 2)
+        if weight != 1:
+            term = term * ops.cast(weight, view.dtype)
+        total = term if total is None else total + term
+    return ops.reshape(total, [-1, *shape[1:]])
+
+
+def depthwise_filter_axis(blur, inputs, axis, stride, weights):
+    """`sliced_filter_axis` as a 1-D depthwise convolution with `inner`
+    channels, the faster form in TensorFlow's graph mode (about as fast as
+    `MaxPooling2D` there, where the slices cost about 3x)."""
+    shape = list(inputs.shape)
+    n, inner = shape[axis], math.prod(shape[axis + 1 :])
+    view = blur.pad(ops.reshape(inputs, (-1, n, inner)))
+    kernel = np.broadcast_to(weights[:, None, None], (len(weights), inner, 1))
+    view = ops.depthwise_conv(
+        view,
+        ops.convert_to_tensor(kernel, view.dtype),
+        strides=stride,
+        padding="valid",
+        data_format="channels_last",
+    )
+    shape[axis] = math.ceil(n / stride)
+    return ops.reshape(view, [-1, *shape[1:]])
 
 
 def blur_pool(

@@ -10,6 +10,12 @@ from absl.testing import parameterized
 from keras.src import testing
 
 from kpool import layers, ops
+from kpool.ops.blur_pool import (
+    Blur,
+    binomial_filter,
+    depthwise_filter_axis,
+    sliced_filter_axis,
+)
 
 from .issue13_support import (
     assert_jit_matches_eager,
@@ -167,6 +173,22 @@ def test_filter_size_one_is_plain_subsampling(rng, rank, data_format):
         (slice(None), *(slice(None, None, 2),) * rank)
     ]
     np.testing.assert_array_equal(outputs, to_format(subsampled, data_format))
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("filter_size", [1, 2, 3, 4, 7])
+def test_depthwise_form_matches_the_sliced_form(rng, filter_size, stride):
+    # A backend may run either (kpool.backend.fast_path("blur_filter_axis")).
+    x = sample(rng, 2, "channels_first", (9, 7))
+    blur = Blur(2, filter_size, stride, "reflect", "channels_first")
+    weights = binomial_filter(filter_size)
+    for axis in (2, 3):
+        np.testing.assert_allclose(
+            numeric(sliced_filter_axis(blur, x, axis, stride, weights)),
+            numeric(depthwise_filter_axis(blur, x, axis, stride, weights)),
+            rtol=1e-6,
+            atol=1e-6,
+        )
 
 
 def shift_change(pooling, x):
