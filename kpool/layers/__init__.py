@@ -71,6 +71,7 @@ from kpool.layers.soft_pooling import (
     SoftPooling2D,
     SoftPooling3D,
 )
+from kpool.layers.spatial_pyramid_pooling import SpatialPyramidPooling2D
 from kpool.layers.stochastic_pooling import (
     StochasticPool1D,
     StochasticPool2D,
@@ -143,6 +144,7 @@ __all__ = [
     "SoftPooling1D",
     "SoftPooling2D",
     "SoftPooling3D",
+    "SpatialPyramidPooling2D",
     "StochasticPool1D",
     "StochasticPool2D",
     "StochasticPool3D",

@@ -13,6 +13,7 @@ from kpool.ops.max_unpool import max_pool_with_argmax, max_unpool
 from kpool.ops.min_pool import global_min_pool, min_pool
 from kpool.ops.mixed_pool import mixed_pool
 from kpool.ops.soft_pool import soft_pool
+from kpool.ops.spatial_pyramid_pool import spatial_pyramid_pool
 from kpool.ops.stochastic_pool import stochastic_pool
 from kpool.ops.tree_pool import tree_pool
 
@@ -28,6 +29,7 @@ __all__ = [
     "min_pool",
     "mixed_pool",
     "soft_pool",
+    "spatial_pyramid_pool",
     "stochastic_pool",
     "tree_pool",
 ]

@@ -1,0 +1,156 @@
+import numbers
+
+import keras
+from keras import ops
+
+from kpool.ops.windows import Window, as_tensor
+
+MODES = ("max", "average")
+
+
+def standardize_bins(bins):
+    """Returns `bins` as a tuple of `(rows, columns)` pairs, or raises."""
+    try:
+        levels = list(bins)
+    except TypeError:
+        levels = []
+    standardized = []
+    for level in levels:
+        pair = (level, level) if isinstance(level, numbers.Integral) else level
+        try:
+            pair = tuple(pair)
+        except TypeError:
+            pair = ()
+        if len(pair) != 2 or not all(
+            isinstance(n, numbers.Integral)
+            and not isinstance(n, bool)
+            and n > 0
+            for n in pair
+        ):
+            standardized = []
+            break
+        standardized.append(tuple(int(n) for n in pair))
+    if not standardized:
+        raise ValueError(
+            "`bins` must be a non-empty sequence of positive ints or of "
+            f"(rows, columns) pairs of positive ints. Received: bins={bins!r}"
+        )
+    return tuple(standardized)
+
+
+def check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(
+            f"`mode` must be one of {list(MODES)}. Received: mode={mode!r}"
+        )
+
+
+def spatial_pyramid_pool(inputs, bins=(1, 2, 4), mode="max", data_format=None):
+    """Spatial pyramid pooling (He et al., 2014): a fixed-length vector.
+
+    For each level `b` of `bins`, adaptive max (or average) pooling to a
+    `b x b` grid (or `rows x columns` for a pair), flattened as
+    `keras.layers.Flatten` flattens it in `data_format`'s layout; the levels
+    are concatenated in order. The output has
+    `channels * sum(rows * columns)` features whatever the input's spatial
+    size, so a model can take images of any size and still end in dense
+    layers.
+
+    Bin `i` of `b` along a dim of size `n` covers cells
+    `floor(i * n / b)` to `ceil((i + 1) * n / b) - 1`, as in
+    `keras.ops.adaptive_max_pool` and `torch.nn.AdaptiveMaxPool2d`, which
+    pool each level when the spatial size is known; where it is not (a
+    TensorFlow graph traced for images of any size), and for max pooling
+    on TensorFlow (whose Keras adaptive max pooling has NaN gradients for
+    some small grids), the bins are computed with masked reductions. The
+    1x1 level is a global max or mean.
+
+    Reference: He, Zhang, Ren and Sun, "Spatial Pyramid Pooling in Deep
+    Convolutional Networks for Visual Recognition", ECCV 2014.
+
+    Args:
+        inputs: tensor of rank 4, laid out as `data_format` says.
+        bins: sequence of ints or of `(rows, columns)` pairs.
+        mode: `"max"` or `"average"`.
+        data_format: `"channels_last"`, `"channels_first"`, or `None` for
+            `keras.config.image_data_format()`.
+
+    Returns:
+        `(batch, channels * sum(rows * columns))`, of the dtype of `inputs`.
+
+    Example:
+
+    >>> x = np.random.rand(2, 13, 17, 8)
+    >>> kpool.ops.spatial_pyramid_pool(x, bins=[1, 2, 4]).shape  # (2, 168)
+    """
+    bins = standardize_bins(bins)
+    check_mode(mode)
+    inputs = as_tensor(inputs)
+    window = Window(2, 1, 1, "valid", data_format)
+    if len(inputs.shape) != 4:
+        raise ValueError(
+            "`inputs` of spatial_pyramid_pool must have rank 4 (batch, 2 "
+            "spatial dims and channels). Received: inputs.shape="
+            f"{tuple(inputs.shape)}"
+        )
+    channels = inputs.shape[window.channel_axis]
+    static = all(n is not None for n in window.spatial_shape(inputs.shape))
+    # Keras 3.15's TensorFlow adaptive max pooling has NaN gradients where
+    # an output dim is small (a 1x2 grid, say): masked reductions there.
+    builtin = static and not (
+        mode == "max" and keras.config.backend() == "tensorflow"
+    )
+    levels = []
+    for level in bins:
+        if level == (1, 1):
+            reduce = ops.max if mode == "max" else ops.mean
+            pooled = reduce(inputs, axis=window.spatial_axes(), keepdims=True)
+        elif builtin:
+            pooled = _adaptive_pool(inputs, level, mode, window.data_format)
+        else:
+            pooled = dynamic_adaptive_pool(inputs, level, mode, window)
+        levels.append(ops.reshape(pooled, (-1, channels * level[0] * level[1])))
+    return levels[0] if len(levels) == 1 else ops.concatenate(levels, axis=-1)
+
+
+def _adaptive_pool(inputs, output_size, mode, data_format):
+    pool = ops.adaptive_max_pool if mode == "max" else ops.adaptive_average_pool
+    return pool(inputs, output_size, data_format=data_format)
+
+
+def dynamic_adaptive_pool(inputs, output_size, mode, window):
+    """Adaptive pooling to `output_size` for spatial dims known only at run
+    time: each dim is reduced over one mask per bin, the bins of
+    `keras.ops.adaptive_max_pool`."""
+    pooled = inputs
+    for axis, bins in zip(window.spatial_axes(), output_size, strict=True):
+        pooled = _reduce_bins(pooled, axis, bins, mode)
+    return pooled
+
+
+def _reduce_bins(x, axis, bins, mode):
+    n = ops.shape(x)[axis]
+    positions = ops.arange(n, dtype="int32")
+    index = ops.arange(bins, dtype="int32")[:, None]
+    starts = (index * n) // bins
+    ends = -((-(index + 1) * n) // bins)
+    masks = (positions[None, :] >= starts) & (positions[None, :] < ends)
+    # x gets a bins axis before `axis`: (..., bins, n, ...).
+    expanded = ops.expand_dims(x, axis)
+    rank = len(expanded.shape)
+    shape = [1] * rank
+    shape[axis], shape[axis + 1] = bins, -1
+    masks = ops.reshape(masks, shape)
+    if mode == "max":
+        lowest = ops.convert_to_tensor(float("-inf"), x.dtype)
+        return ops.max(ops.where(masks, expanded, lowest), axis=axis + 1)
+    masks = ops.cast(masks, x.dtype)
+    sums = ops.sum(expanded * masks, axis=axis + 1)
+    return sums / ops.sum(masks, axis=axis + 1)
+
+
+def spatial_pyramid_size(bins, channels):
+    """The length of `spatial_pyramid_pool`'s output."""
+    if channels is None:
+        return None
+    return channels * sum(rows * columns for rows, columns in bins)
