@@ -27,6 +27,8 @@ DOWNSAMPLING_CHOICES = (
     "softpool",
     "tree",
     "median",
+    "lp",
+    "fractional",
     "strided",
     "allconv",
     "blurstrided",

@@ -274,7 +274,10 @@ def receptive_field(model):
     and `strides` attributes, such as Keras's and kpool's pooling layers),
     blur pooling (`filter_size` and `strides`: the filter is the window) and
     max-blur pooling (a stride-1 `pool_size` window, then the filter at
-    `strides`: one window of `pool_size + filter_size - 1`),
+    `strides`: one window of `pool_size + filter_size - 1`), fractional max
+    pooling (`output_ratio`: regions of `pool_size`, or of
+    `ceil(1 / ratio)` for Graham's disjoint ones, at the mean step
+    `1 / ratio`; the field is rounded up),
     padding, cropping and `Permute` (no change), merges such as `Add` and
     `Concatenate` (the largest field of the branches, whose jumps must
     agree), nested Functional or Sequential models (walked through), and
@@ -301,7 +304,8 @@ def receptive_field(model):
     ]
     seen = list(fields)
     _propagate_fields(model, fields, seen)
-    return max(max(field.size) for field in seen if field is not None)
+    # A fractional pooling's mean step can make the field fractional.
+    return math.ceil(max(max(f.size) for f in seen if f is not None))
 
 
 def layer_flops(model):
@@ -571,6 +575,15 @@ def _window(layer, node, spatial_dims):
         )
         strides = _as_tuple(layer.strides, spatial_dims)
         return kernel, strides, (1,) * spatial_dims
+    if getattr(layer, "output_ratio", None) is not None:
+        # Fractional max pooling: regions of `pool_size` (Graham's disjoint
+        # ones: at most ceil(1 / ratio) wide) at a mean step of 1 / ratio.
+        steps = [1 / r for r in _as_tuple(layer.output_ratio, spatial_dims)]
+        if layer.pool_size is None:
+            kernel = tuple(math.ceil(step) for step in steps)
+        else:
+            kernel = _as_tuple(layer.pool_size, spatial_dims)
+        return kernel, tuple(steps), (1,) * spatial_dims
     if hasattr(layer, "pool_size") and hasattr(layer, "strides"):
         kernel = _as_tuple(layer.pool_size, spatial_dims)
         strides = (

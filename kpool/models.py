@@ -9,13 +9,15 @@ never touches a batch.
 Downsampling choices:
 
 - a `kpool.get_downsampling` pooling name (max, avg, min, mixed,
-  mixed_learned, gated, stochastic, lp, fractional, median, softpool, tree,
-  maxblurpool, ...; `downsampling_choices()` lists them): a pooling layer
+  mixed_learned, gated, stochastic, blurpool, maxblurpool, softpool, tree,
+  median, lp, fractional; `downsampling_choices()` lists them): a pooling layer
   with the config's `pool_size`, `pool_strides` and `pool_padding`, placed
   after the activation of the conv before it (conv -> BN -> ReLU -> pool)
   or before it (conv -> BN -> pool -> ReLU), as `pool_position` says;
   "blurpool" takes only the stride (`pool_strides`, else `pool_size`): its
-  window is its `filter_size` (a `downsampling_options` key);
+  window is its `filter_size` (a `downsampling_options` key); "fractional"
+  takes `output_ratio = 1 / stride` (Graham's regions; set another ratio
+  in `downsampling_options`);
 - "strided" (Springenberg et al., 2014): no pooling layer; the conv before
   it gets stride 2;
 - "allconv" (Springenberg et al., 2014): the pooling layer is replaced by a
@@ -94,6 +96,8 @@ NON_POOLING_CHOICES = ("strided", "allconv", "blurstrided", "dilated")
 _SEEDED_POOLINGS = ("mixed", "stochastic", "fractional")
 # Registry names of head layers (global poolings), not downsampling choices.
 _HEAD_LAYERS = ("gem", "spp")
+# Registry names that pool to a fixed output size: no downsampling choice.
+_FIXED_SIZE_POOLINGS = ("adaptive_avg", "adaptive_max")
 _HEADS = ("gap", "gmp", "flatten", *_HEAD_LAYERS)
 # Heads that pool each channel to one number, so model_c's class maps become
 # logits without a dense layer.
@@ -107,7 +111,8 @@ def downsampling_choices():
     poolings = tuple(
         name
         for name in downsampling_names()
-        if not name.startswith("global_") and name not in _HEAD_LAYERS
+        if not name.startswith("global_")
+        and name not in _HEAD_LAYERS + _FIXED_SIZE_POOLINGS
     )
     return poolings + NON_POOLING_CHOICES
 
@@ -306,9 +311,14 @@ class _Builder:
 
     def _pooling(self, name):
         kwargs = {"strides": self.downsample_stride}
-        # Blur pooling's window is its filter (`filter_size`), and it pads
-        # by `padding_mode`, never "valid".
-        if self.downsampling != "blurpool":
+        if self.downsampling == "fractional":
+            # Graham's regions, shrinking the map by the same factor as the
+            # others (at 1/2 they are 2 wide; `output_ratio` in the options
+            # gives Graham's gentler ratios, such as 1/sqrt(2)).
+            kwargs = {"output_ratio": 1 / self.downsample_stride}
+        elif self.downsampling != "blurpool":
+            # Blur pooling's window is its filter (`filter_size`), and it
+            # pads by `padding_mode`, never "valid".
             kwargs.update(
                 pool_size=self.config.pool_size,
                 padding=self.config.pool_padding,

@@ -281,6 +281,22 @@ def test_receptive_field_of_blur_poolings_and_dilation():
     assert metrics.receptive_field(model) == 29
 
 
+@pytest.mark.parametrize("ratio, expected", [(0.5, 8), (2**-0.5, 7)])
+def test_receptive_field_of_fractional_max_pooling(ratio, expected):
+    from kpool import layers as kpool_layers
+
+    model = sequential(
+        (32, 32, 3),
+        layers.Conv2D(4, 3),
+        kpool_layers.FractionalMaxPooling2D(output_ratio=ratio, seed=0),
+        layers.Conv2D(4, 3),
+    )
+    # conv 3x3: 3; Graham's regions, at most ceil(1 / ratio) = 2 wide:
+    # 3 + 1 = 4, mean step 1 / ratio; conv 3x3: 4 + 2 / ratio, rounded up:
+    # 8 at 1/2, ceil(6.83) = 7 at 1/sqrt(2).
+    assert metrics.receptive_field(model) == expected
+
+
 def test_flops_and_params_of_hand_worked_model():
     model = hand_worked_model()
     expected = {

@@ -401,6 +401,27 @@ def test_heads(head):
     assert tuple(model(IMAGES).shape) == (2, 10)
 
 
+@pytest.mark.parametrize("head, bins", [("gem", 1), ("spp", 1 + 4 + 16)])
+def test_pooling_heads(head, bins):
+    model = build("small_cnn", "max", head=head)
+    assert type(model.get_layer(f"head_{head}")).__name__ in (
+        "GlobalGeMPooling2D",
+        "SpatialPyramidPooling2D",
+    )
+    # GeM pools each of the 4 * WIDTH channels to one number; SPP to one
+    # per bin of its 1x1, 2x2 and 4x4 grids.
+    dense = model.get_layer("classifier")
+    assert dense.kernel.shape == (4 * WIDTH * bins, 10)
+    assert tuple(model(IMAGES).shape) == (2, 10)
+
+
+def test_model_c_gem_pools_the_class_maps_and_spp_adds_a_dense():
+    gem = build("model_c", "max", head="gem")
+    assert not any(isinstance(x, keras.layers.Dense) for x in gem.layers)
+    spp = build("model_c", "max", head="spp")
+    assert spp.get_layer("classifier").kernel.shape == (10 * 21, 10)
+
+
 def test_model_c_global_heads_pool_the_class_maps():
     model = build("model_c", "max", head="gap")
     assert not any(isinstance(x, keras.layers.Dense) for x in model.layers)
