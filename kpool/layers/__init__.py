@@ -8,6 +8,10 @@ from kpool.layers.blur_pooling import (
     BlurPooling2D,
     BlurPooling3D,
 )
+from kpool.layers.fractional_max_pooling import (
+    FractionalMaxPooling2D,
+    FractionalMaxPooling3D,
+)
 from kpool.layers.gem_pooling import (
     GlobalGeMPooling1D,
     GlobalGeMPooling2D,
@@ -97,6 +101,8 @@ __all__ = [
     "BlurPooling1D",
     "BlurPooling2D",
     "BlurPooling3D",
+    "FractionalMaxPooling2D",
+    "FractionalMaxPooling3D",
     "GlobalGeMPooling1D",
     "GlobalGeMPooling2D",
     "GlobalGeMPooling3D",

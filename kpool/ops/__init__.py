@@ -6,6 +6,7 @@ Each one's docstring gives its formula and an example.
 """
 
 from kpool.ops.blur_pool import blur_pool, max_blur_pool
+from kpool.ops.fractional_max_pool import fractional_max_pool
 from kpool.ops.gem_pool import global_gem_pool
 from kpool.ops.lp_pool import lp_pool
 from kpool.ops.median_pool import median_pool
@@ -19,6 +20,7 @@ from kpool.ops.tree_pool import tree_pool
 
 __all__ = [
     "blur_pool",
+    "fractional_max_pool",
     "global_gem_pool",
     "global_min_pool",
     "lp_pool",
