@@ -76,6 +76,39 @@ _DOWNSAMPLINGS = {
         ),
         {},
     ),
+    "lp": (
+        (layers.LPPooling1D, layers.LPPooling2D, layers.LPPooling3D),
+        {},
+    ),
+    "fractional": (
+        (None, layers.FractionalMaxPooling2D, layers.FractionalMaxPooling3D),
+        {},
+    ),
+    "spp": ((None, layers.SpatialPyramidPooling2D, None), {}),
+    "adaptive_avg": (
+        (
+            keras.layers.AdaptiveAveragePooling1D,
+            keras.layers.AdaptiveAveragePooling2D,
+            keras.layers.AdaptiveAveragePooling3D,
+        ),
+        {},
+    ),
+    "adaptive_max": (
+        (
+            keras.layers.AdaptiveMaxPooling1D,
+            keras.layers.AdaptiveMaxPooling2D,
+            keras.layers.AdaptiveMaxPooling3D,
+        ),
+        {},
+    ),
+    "gem": (
+        (
+            layers.GlobalGeMPooling1D,
+            layers.GlobalGeMPooling2D,
+            layers.GlobalGeMPooling3D,
+        ),
+        {},
+    ),
     "global_max": (
         (
             keras.layers.GlobalMaxPooling1D,
@@ -117,7 +150,11 @@ def get_downsampling(name, /, rank=2, **kwargs):
             `"mixed_learned"` (`mode="learned"`), `"gated"`
             (`mode="gated"`), `"stochastic"`, `"blurpool"`
             (`BlurPooling*D`), `"maxblurpool"` (`MaxBlurPooling*D`),
-            `"softpool"`, `"tree"` (`TreePooling*D`), `"median"`,
+            `"softpool"`, `"tree"` (`TreePooling*D`), `"median"`, `"lp"`
+            (`LPPooling*D`), `"fractional"` (`FractionalMaxPooling2D/3D`),
+            `"spp"` (`SpatialPyramidPooling2D`), `"adaptive_avg"` and
+            `"adaptive_max"` (Keras's `AdaptiveAveragePooling*D` and
+            `AdaptiveMaxPooling*D`), `"gem"` (`GlobalGeMPooling*D`),
             `"global_max"`, `"global_avg"`, `"global_min"`.
         rank: int, 1, 2 or 3. Picks the 1D, 2D or 3D class.
         **kwargs: passed to the class: `pool_size`, `strides`, `padding`,
@@ -131,8 +168,15 @@ def get_downsampling(name, /, rank=2, **kwargs):
             `pool_size`; `pool_size` (the max window, moved with stride 1),
             `strides` (the blur's, default 2), `filter_size`, `padding`,
             `padding_mode` for `"maxblurpool"`; `depth`, `granularity`,
-            the initializers for `"tree"`. The `mode` of a mixed pooling is
-            fixed by `name`.
+            the initializers for `"tree"`; `norm_type` for `"lp"`;
+            `output_ratio` or `output_size`, `pool_size` (default `None`:
+            Graham's regions), `pseudo_random`, `overlapping`,
+            `inference_draws`, `seed` for `"fractional"` (no `strides` or
+            `padding`); `bins`, `mode` for `"spp"`; `output_size` (required)
+            for the adaptive poolings; `p`, `eps`, `granularity`,
+            `keepdims` for `"gem"`. The `mode` of a mixed pooling is fixed
+            by `name`. `"fractional"` and `"spp"` have no 1D layer (nor
+            `"spp"` a 3D one): other ranks raise a `ValueError`.
 
     Returns:
         A new `keras.layers.Layer`.
@@ -157,8 +201,16 @@ def get_downsampling(name, /, rank=2, **kwargs):
                 f"Received: {key}={kwargs[key]!r}"
             )
     cls = classes[rank - 1]
-    if "pool_size" in inspect.signature(cls.__init__).parameters:
+    if cls is None:
+        ranks = [r for r, c in enumerate(classes, 1) if c is not None]
+        raise ValueError(
+            f"`rank` must be one of {ranks} for name={name!r}, which has "
+            f"no {rank}D layer. Received: rank={rank!r}"
+        )
+    pool_size = inspect.signature(cls.__init__).parameters.get("pool_size")
+    if pool_size is not None and pool_size.default is inspect.Parameter.empty:
         # Keras's AveragePooling*D alone has no default window (blur
-        # pooling and the global poolings have none at all).
+        # pooling and the global poolings have none at all, and fractional
+        # max pooling's default, None, is Graham's regions).
         kwargs.setdefault("pool_size", 2)
     return cls(**fixed_kwargs, **kwargs)
