@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import keras
@@ -59,30 +60,53 @@ def max_pool_with_argmax(
     if window.padding == "same":
         pads = window.full_shape(window.same_pads(spatial), (0, 0))
         padded = ops.pad(inputs, pads, constant_values=-np.inf)
-    offsets = ops.argmax(
-        window.windows(ops.stop_gradient(padded)), axis=window.window_axis
-    )
-    offsets = ops.cast(offsets, "int32")
+    offsets = _first_maximum(window, ops.stop_gradient(padded))
     return values, ops.cast(_flat_indices(window, spatial, offsets), "int32")
+
+
+def _first_maximum(window, padded):
+    """The offset in its window of each window's first maximal element.
+
+    A minimum over the offsets that hold the maximum, not `ops.argmax`,
+    whose TensorFlow form (it tells -0.0 from 0.0 by the sign bit) has no
+    TFLite builtin. A window of NaN gives its last offset.
+    """
+    elements = window.windows(padded)
+    axis = window.window_axis
+    size = elements.shape[axis]
+    shape = [1] * len(elements.shape)
+    shape[axis] = size
+    order = ops.reshape(ops.arange(size, dtype="int32"), shape)
+    top = ops.max(elements, axis=axis, keepdims=True)
+    first = ops.min(ops.where(elements == top, order, size), axis=axis)
+    return ops.minimum(first, size - 1)
 
 
 def _flat_indices(window, spatial, offsets):
     """The flat input index of the `offsets`-th element of each window."""
     pads = window.same_pads(spatial) if window.padding == "same" else None
     out_spatial = window.output_spatial_shape(window.full_shape(spatial, 1))
+    # Each offset's position in its window, per dim, looked up rather than
+    # computed with `//` and `%` (TFLite has no builtin for what TensorFlow
+    # makes of those).
+    cells = np.array(
+        list(itertools.product(*(range(k) for k in window.pool_size))),
+        "int32",
+    ).reshape(-1, window.num_spatial_dims)
     flat = 0
-    for d, (n, k, s, out) in enumerate(
-        zip(spatial, window.pool_size, window.strides, out_spatial, strict=True)
+    for d, (n, s, out) in enumerate(
+        zip(spatial, window.strides, out_spatial, strict=True)
     ):
         before = pads[d][0] if pads else 0
-        inner = math.prod(window.pool_size[d + 1 :])
         starts = np.arange(out, dtype="int32") * s - before
         shape = [1] * window.num_spatial_dims
         shape[d] = out
         starts = ops.convert_to_tensor(
             starts.reshape(window.full_shape(shape, 1)), "int32"
         )
-        position = starts + (offsets // inner) % k
+        position = starts + ops.take(
+            ops.convert_to_tensor(cells[:, d], "int32"), offsets
+        )
         flat = flat * n + position
     return flat
 
