@@ -41,6 +41,8 @@ from kpool.layers.max_blur_pooling import (
     MaxBlurPooling2D,
     MaxBlurPooling3D,
 )
+from kpool.layers.max_pooling_with_argmax import MaxPoolingWithArgmax2D
+from kpool.layers.max_unpooling import MaxUnpooling2D
 from kpool.layers.median_pooling import (
     MedianPool1D,
     MedianPool2D,
@@ -49,8 +51,6 @@ from kpool.layers.median_pooling import (
     MedianPooling2D,
     MedianPooling3D,
 )
-from kpool.layers.max_pooling_with_argmax import MaxPoolingWithArgmax2D
-from kpool.layers.max_unpooling import MaxUnpooling2D
 from kpool.layers.min_pooling import (
     MinPool1D,
     MinPool2D,
@@ -124,14 +124,14 @@ __all__ = [
     "MaxBlurPooling1D",
     "MaxBlurPooling2D",
     "MaxBlurPooling3D",
+    "MaxPoolingWithArgmax2D",
+    "MaxUnpooling2D",
     "MedianPool1D",
     "MedianPool2D",
     "MedianPool3D",
     "MedianPooling1D",
     "MedianPooling2D",
     "MedianPooling3D",
-    "MaxPoolingWithArgmax2D",
-    "MaxUnpooling2D",
     "MinPool1D",
     "MinPool2D",
     "MinPool3D",
