@@ -1,7 +1,11 @@
 import numpy as np
 from keras import ops
 
-from kpool.ops.window_cells import as_window_constant, inside_cells
+from kpool.ops.window_cells import (
+    as_window_constant,
+    inside_cells,
+    low_rank_windows,
+)
 from kpool.ops.windows import Window, as_tensor, float_compute_dtype
 
 
@@ -54,7 +58,7 @@ def median_pool(
     window.check_fits(inputs.shape, "median_pool")
     dtype = inputs.dtype
     x = ops.cast(inputs, float_compute_dtype(dtype))
-    cells = window.windows(window.zero_pad(x))
+    cells = low_rank_windows(window, window.zero_pad(x))
     axis = window.window_axis
     inside = inside_cells(window, x.shape)
     counts = inside.sum(axis=-1)

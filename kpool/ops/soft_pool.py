@@ -1,6 +1,6 @@
 from keras import ops
 
-from kpool.ops.window_cells import inside_mask
+from kpool.ops.window_cells import inside_mask, low_rank_windows
 from kpool.ops.windows import Window, as_tensor, float_compute_dtype
 
 
@@ -60,7 +60,7 @@ def soft_pool(
     window.check_fits(inputs.shape, "soft_pool")
     dtype = inputs.dtype
     x = ops.cast(inputs, float_compute_dtype(dtype))
-    cells = window.windows(window.zero_pad(x))
+    cells = low_rank_windows(window, window.zero_pad(x))
     inside = inside_mask(window, x.shape)
     axis = window.window_axis
     masked = ops.where(inside, cells, float("-inf"))

@@ -2,6 +2,7 @@ import math
 
 from keras import ops
 
+from kpool.ops.window_cells import low_rank_windows
 from kpool.ops.windows import Window, as_tensor, float_compute_dtype
 
 
@@ -79,7 +80,7 @@ def tree_pool(
     )
     num_leaves = leaves.shape[1]
     kernel = leaves if gates is None else ops.concatenate([leaves, gates], 1)
-    cells = window.windows(window.zero_pad(x))
+    cells = low_rank_windows(window, window.zero_pad(x))
     # One contraction gives every leaf's and gate's response: node axis n.
     spatial = "xyz"[: window.num_spatial_dims]
     per_channel = "c" if len(kernel.shape) == 3 else ""

@@ -1,15 +1,19 @@
-"""Which cells of `Window.windows`'s result lie inside the input.
+"""Window cells for soft, tree and median pooling.
 
 `Window.windows` reads padded cells as zeros; soft pooling and median
-pooling must instead leave them out. `inside_mask` says where they are, a
+pooling must instead leave them out. `inside_cells` says where they are, a
 constant of the shapes computed in NumPy, so it costs nothing at run time
 and is the same eagerly, in `jit` and in an exported graph.
+`low_rank_windows` builds `Window.windows`'s tensor from tensors of rank 5
+at most, so that exported models run on TFLite too.
 """
 
 import math
 
 import numpy as np
 from keras import ops
+
+from kpool.ops.windows import unit_slice
 
 
 def inside_cells(window, input_shape):
@@ -51,3 +55,51 @@ def as_window_constant(window, array, dtype):
 def inside_mask(window, input_shape):
     """`inside_cells` as a bool tensor broadcastable to the windows."""
     return as_window_constant(window, inside_cells(window, input_shape), "bool")
+
+
+def low_rank_windows(window, padded):
+    """`window.windows(padded)`, the same tensor, built from tensors of
+    rank 5 at most.
+
+    TFLite's builtin slices take at most 5 dims, and `Window.windows`
+    slices a 6-D view of 2D inputs (7-D for 3D), so a model holding it
+    converts but does not run there. Here each spatial dim in turn is cut
+    out of a 3-D view `(outer, n, inner)` (everything before it folded
+    into `outer`, after it into `inner`) the same way, split into
+    `(out + q, s)` so that each window offset is a unit-stride slice; the
+    new window axis then joins those of the earlier dims, kept together
+    just before the channels, by one 5-D transpose.
+    """
+    channels_first = not window.channels_last
+    shape = list(ops.shape(padded))
+    spatial = list(window.spatial_shape(shape))
+    suffix = 1 if channels_first else shape[-1]
+    # (P, o_1..o_{d-1}, n_d..n_r, K_{<d}, S) flattened as needed.
+    tensor = padded
+    outs, window_size = [], 1
+    for dim, (k, s) in enumerate(
+        zip(window.pool_size, window.strides, strict=True)
+    ):
+        n = spatial[dim]
+        rest = math.prod(spatial[dim + 1 :])
+        out = (n - k) // s + 1
+        view = ops.reshape(tensor, (-1, n, rest * window_size * suffix))
+        length = s * (out + (k - 1) // s)
+        if length > n:
+            view = ops.pad(view, [(0, 0), (0, length - n), (0, 0)])
+        elif length < n:
+            view = unit_slice(view, 1, 0, length)
+        view = ops.reshape(view, (-1, length // s, s, view.shape[-1]))
+        pieces = [
+            unit_slice(unit_slice(view, 1, j, out), 2, 0, min(s, k - j * s))
+            for j in range((k - 1) // s + 1)
+        ]
+        view = pieces[0] if len(pieces) == 1 else ops.concatenate(pieces, 2)
+        # (A * out, k, rest, K_{<d}, S) -> (A * out, rest, K_{<d}, k, S).
+        view = ops.reshape(view, (-1, k, rest, window_size, suffix))
+        tensor = ops.transpose(view, (0, 2, 3, 1, 4))
+        outs.append(out)
+        window_size *= k
+    if channels_first:
+        return ops.reshape(tensor, (-1, shape[1], *outs, window_size))
+    return ops.reshape(tensor, (-1, *outs, window_size, suffix))

@@ -9,6 +9,8 @@ from absl.testing import parameterized
 from keras.src import testing
 
 from kpool import layers, ops
+from kpool.ops.window_cells import low_rank_windows
+from kpool.ops.windows import Window
 
 from .issue13_support import (
     assert_jit_matches_eager,
@@ -211,4 +213,19 @@ class SoftPoolingContractTest(testing.TestCase):
             expected_num_losses=0,
             supports_masking=False,
             assert_built_after_instantiation=True,
+        )
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("data_format", FORMATS)
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_low_rank_windows_are_window_windows(rng, rank, data_format, padding):
+    # Soft, tree and median pooling extract windows from tensors of rank
+    # 5 at most (TFLite's limit), the same tensor as Window.windows.
+    for pool, stride in ((2, 2), (3, 2), (3, 1), (2, 3)):
+        window = Window(rank, pool, stride, padding, data_format)
+        padded = window.zero_pad(sample(rng, rank, data_format, SPATIAL[rank]))
+        np.testing.assert_array_equal(
+            numeric(low_rank_windows(window, padded)),
+            numeric(window.windows(padded)),
         )
