@@ -36,7 +36,7 @@ import os
 
 import keras
 
-from kpool import bench
+from kpool import bench, environment
 
 # Dense (no sparsity) tensor-core peak in TFLOP/s. H100 SXM5: 989.4 BF16 /
 # FP16 and 494.7 TF32 (NVIDIA H100 Tensor Core GPU Architecture whitepaper;
@@ -146,7 +146,7 @@ def labels(precision):
     return {
         "dataset": "synthetic",
         "precision": precision,
-        **bench.environment(),
+        **environment.environment(),
     }
 
 
@@ -172,12 +172,12 @@ def benchmark_layer_bandwidth(args):
         )
     for row in rows:
         bytes_per_sec = row["min_bytes"] / (row["median_ms"] / 1000.0)
-        maxpool_bytes_per_sec = row["min_bytes"] / (
-            row["maxpool_median_ms"] / 1000.0
+        baseline_bytes_per_sec = row["min_bytes"] / (
+            row["baseline_median_ms"] / 1000.0
         )
         row.update(
             achieved_gb_per_sec=round(bytes_per_sec / 1e9, 4),
-            maxpool_achieved_gb_per_sec=round(maxpool_bytes_per_sec / 1e9, 4),
+            baseline_achieved_gb_per_sec=round(baseline_bytes_per_sec / 1e9, 4),
             copy_gb_per_sec=round(copy_bytes_per_sec / 1e9, 4),
             fraction_of_copy=round(bytes_per_sec / copy_bytes_per_sec, 3),
             **labels("float32"),
@@ -376,7 +376,8 @@ def main(argv=None):
 
     families = args.families or list(MODEL_FAMILIES)
     choices = args.choices or list(DOWNSAMPLING_CHOICES)
-    print(f"Backend {keras.backend.backend()}, device {bench.device_name()}")
+    device = environment.device_name()
+    print(f"Backend {keras.backend.backend()}, device {device}")
     if "layers" not in args.skip:
         rows = benchmark_layer_bandwidth(args)
         bench.write_csv(rows, os.path.join(args.output_dir, "layers.csv"))
@@ -385,7 +386,9 @@ def main(argv=None):
                 rows,
                 [
                     "layer",
-                    "mode_phase",
+                    "mode",
+                    "phase",
+                    "passes",
                     "pool",
                     "batch_shape",
                     "median_ms",

@@ -28,9 +28,10 @@ import time
 
 import keras
 
-from kpool.bench import device_name, format_table, machine_name, write_csv
+from kpool.bench import format_table, write_csv
 from kpool.config import config_from_dict
 from kpool.data import synthetic_dataset
+from kpool.environment import device_name, machine_name
 from kpool.models import build_model
 from kpool.training import LearningRateSchedule, make_optimizer, train_run
 

@@ -64,6 +64,29 @@ def every_layer_model(extra_layers=()):
     )
 
 
+def new_operators_model():
+    """Every operator of the pooling issues, in one functional model."""
+    from kpool import layers
+
+    inputs = keras.Input((24, 24, 3), batch_size=4)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = layers.LPPooling2D(norm_type=2, pool_size=2, strides=1, padding="same")(
+        x
+    )
+    x = layers.SoftPooling2D(2, strides=1, padding="same")(x)
+    x = layers.BlurPooling2D(filter_size=3, strides=1)(x)
+    x = layers.MaxBlurPooling2D(pool_size=2, strides=2, filter_size=3)(x)
+    x = layers.MedianPooling2D(3, strides=1, padding="same")(x)
+    x = layers.FractionalMaxPooling2D(output_size=(9, 9), seed=0)(x)
+    x = layers.TreePooling2D(2, strides=1, granularity="channel")(x)
+    pyramid = layers.SpatialPyramidPooling2D(bins=(1, 2))(x)
+    values, indices = layers.MaxPoolingWithArgmax2D(2)(x)
+    x = layers.MaxUnpooling2D(2)(values, indices)
+    heads = [layers.GlobalGeMPooling2D()(x), pyramid]
+    outputs = keras.layers.Dense(5)(keras.layers.Concatenate()(heads))
+    return keras.Model(inputs, outputs)
+
+
 def serve_elsewhere(directory, x, tmp_path, tflite):
     inputs_path = tmp_path / "inputs.npy"
     outputs_path = tmp_path / "outputs.json"
@@ -83,12 +106,17 @@ def serve_elsewhere(directory, x, tmp_path, tflite):
         return json.load(f)
 
 
-def test_trained_model_serves_without_kpool(tmp_path):
+@pytest.mark.parametrize(
+    "make_model, size",
+    [(every_layer_model, 12), (new_operators_model, 24)],
+    ids=["min-mixed-stochastic", "new-operators"],
+)
+def test_trained_model_serves_without_kpool(tmp_path, make_model, size):
     keras.utils.set_random_seed(0)
-    model = every_layer_model()
+    model = make_model()
     model.compile(optimizer="adam", loss="mse")
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (4, 12, 12, 3)).astype("float32")
+    x = rng.uniform(0, 1, (4, size, size, 3)).astype("float32")
     model.fit(x, rng.normal(size=(4, 5)), epochs=2, verbose=0)
     directory = tmp_path / "exported"
     model.export(str(directory), verbose=False)
