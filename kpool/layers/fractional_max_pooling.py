@@ -16,8 +16,8 @@ outputs, a sequence `0 = a_0 < ... < a_m = n` of increments `floor(alpha)`
 or `ceil(alpha)` cuts the dim into regions: pseudo-random,
 `a_i = floor((i + u) * alpha) - floor(u * alpha)` for a uniform `u`, or
 random, the increments in random order. With `pool_size=None` the regions
-are Graham's, disjoint `[a_{{i-1}}, a_i - 1]` or (`overlapping=True`)
-`[a_{{i-1}}, a_i]`; with a `pool_size` `k` they are
+are Graham's, disjoint `[a_{i-1}, a_i - 1]` or (`overlapping=True`)
+`[a_{i-1}, a_i]`; with a `pool_size` `k` they are
 `torch.nn.FractionalMaxPool{rank}d`'s windows of `k` cells starting at a
 sequence from `0` to `n - k`, which give torch's outputs given the same `u`.
 `m` is `output_size`, or `int(n * output_ratio)`.

@@ -5,7 +5,7 @@ from kpool.layers.base_pooling import BasePooling, layer_doc
 
 _SUMMARY = "SoftPool for {data}: the softmax-weighted mean of each window."
 _BODY = """
-For each window `R` and channel, `sum_{{i in R}} softmax(x_R)_i * x_i`
+For each window `R` and channel, `sum_{i in R} softmax(x_R)_i * x_i`
 (`kpool.ops.soft_pool`, Stergiou et al., 2021): between average pooling
 (equal activations) and max pooling (one dominant activation), with a
 gradient for every cell. The softmax subtracts the window's maximum, so

@@ -18,9 +18,9 @@ goes down a complete binary tree of `depth` levels, with `L = 2**(depth-1)`
 leaves numbered as a heap (root 1, children of node `m` are `2m` and
 `2m + 1`, leaves `L ... 2L - 1`):
 
-    f_m(x) = v_{{m - L}} . x                                 (leaf)
-    f_m(x) = g_m f_{{2m}}(x) + (1 - g_m) f_{{2m+1}}(x),
-             g_m = sigmoid(w_{{m - 1}} . x)                   (internal node)
+    f_m(x) = v_{m - L} . x                                 (leaf)
+    f_m(x) = g_m f_{2m}(x) + (1 - g_m) f_{2m+1}(x),
+             g_m = sigmoid(w_{m - 1} . x)                   (internal node)
 
 and the output is `f_1(x)`. The leaves `v_i` are learned pooling filters
 (the weight `"leaf_kernels"`, shape `(K, L)`, or `(K, L, channels)` with
