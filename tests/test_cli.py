@@ -345,7 +345,7 @@ def test_same_config_twice_gives_identical_metrics(finished, resumed):
     [
         (["--set", "train.epochz=3"], "`train.epochz`"),
         (["--set", "train.epochs"], "must look like `key.sub=value`"),
-        (["--set", "downsampling=[max, lp]"], "`downsampling[1]`"),
+        (["--set", "downsampling=[max, nope]"], "`downsampling[1]`"),
         (["--set", "data.source=npz"], "`data.path`"),
         (["--shard", "3/2"], "`--shard` must be i/n"),
     ],
