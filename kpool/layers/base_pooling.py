@@ -55,6 +55,33 @@ class BasePooling(keras.layers.Layer):
         return config
 
 
+class StatelessPooling(BasePooling):
+    """A windowed pooling with no weights and no randomness.
+
+    Built at instantiation, as Keras's poolings are; `call` applies `op`,
+    the subclass's `kpool.ops` function, with the layer's window.
+    """
+
+    op = None
+
+    def __init__(
+        self,
+        pool_size=2,
+        strides=None,
+        padding="valid",
+        data_format=None,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(
+            pool_size, strides, padding, data_format, name=name, **kwargs
+        )
+        self._build_at_init()
+
+    def call(self, inputs):
+        return type(self).op(inputs, **self.window_args)
+
+
 _SHAPES = {
     1: ("steps", "(temporal)"),
     2: ("height, width", "(spatial)"),

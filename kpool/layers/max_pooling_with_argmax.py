@@ -1,7 +1,7 @@
 import keras
 
 from kpool import ops
-from kpool.layers.base_pooling import BasePooling, layer_doc
+from kpool.layers.base_pooling import StatelessPooling, layer_doc
 
 _SUMMARY = "Max pooling for {data} that also returns the argmax indices."
 _BODY = """
@@ -42,25 +42,10 @@ A SegNet-style encoder-decoder, the pool indices passed to the decoder:
 """
 
 
-class MaxPoolingWithArgmax(BasePooling):
+class MaxPoolingWithArgmax(StatelessPooling):
     """Max pooling with argmax for any rank; see `MaxPoolingWithArgmax2D`."""
 
-    def __init__(
-        self,
-        pool_size=2,
-        strides=None,
-        padding="valid",
-        data_format=None,
-        name=None,
-        **kwargs,
-    ):
-        super().__init__(
-            pool_size, strides, padding, data_format, name=name, **kwargs
-        )
-        self._build_at_init()
-
-    def call(self, inputs):
-        return ops.max_pool_with_argmax(inputs, **self.window_args)
+    op = staticmethod(ops.max_pool_with_argmax)
 
     def compute_output_shape(self, input_shape):
         shape = super().compute_output_shape(input_shape)

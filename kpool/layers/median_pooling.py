@@ -1,7 +1,7 @@
 import keras
 
 from kpool import ops
-from kpool.layers.base_pooling import BasePooling, layer_doc
+from kpool.layers.base_pooling import StatelessPooling, layer_doc
 
 _SUMMARY = "Median pooling for {data}: the median of each window."
 _BODY = """
@@ -46,26 +46,11 @@ _EXAMPLES = {
 }
 
 
-class MedianPooling(BasePooling):
+class MedianPooling(StatelessPooling):
     """Median pooling for any number of spatial dims; see
     `MedianPooling2D`."""
 
-    def __init__(
-        self,
-        pool_size=2,
-        strides=None,
-        padding="valid",
-        data_format=None,
-        name=None,
-        **kwargs,
-    ):
-        super().__init__(
-            pool_size, strides, padding, data_format, name=name, **kwargs
-        )
-        self._build_at_init()
-
-    def call(self, inputs):
-        return ops.median_pool(inputs, **self.window_args)
+    op = staticmethod(ops.median_pool)
 
 
 @keras.saving.register_keras_serializable(package="kpool")

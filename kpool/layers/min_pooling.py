@@ -1,7 +1,7 @@
 import keras
 
 from kpool import ops
-from kpool.layers.base_pooling import BasePooling, layer_doc
+from kpool.layers.base_pooling import StatelessPooling, layer_doc
 
 _SUMMARY = "Min pooling for {data}: the minimum of each window."
 _BODY = """
@@ -41,25 +41,10 @@ _EXAMPLES = {
 }
 
 
-class MinPooling(BasePooling):
+class MinPooling(StatelessPooling):
     """Min pooling for any number of spatial dims; see `MinPooling2D`."""
 
-    def __init__(
-        self,
-        pool_size=2,
-        strides=None,
-        padding="valid",
-        data_format=None,
-        name=None,
-        **kwargs,
-    ):
-        super().__init__(
-            pool_size, strides, padding, data_format, name=name, **kwargs
-        )
-        self._build_at_init()
-
-    def call(self, inputs):
-        return ops.min_pool(inputs, **self.window_args)
+    op = staticmethod(ops.min_pool)
 
 
 @keras.saving.register_keras_serializable(package="kpool")

@@ -1,7 +1,7 @@
 import keras
 
 from kpool import ops
-from kpool.layers.base_pooling import BasePooling, layer_doc
+from kpool.layers.base_pooling import StatelessPooling, layer_doc
 
 _SUMMARY = "SoftPool for {data}: the softmax-weighted mean of each window."
 _BODY = """
@@ -50,25 +50,10 @@ _EXAMPLES = {
 }
 
 
-class SoftPooling(BasePooling):
+class SoftPooling(StatelessPooling):
     """SoftPool for any number of spatial dims; see `SoftPooling2D`."""
 
-    def __init__(
-        self,
-        pool_size=2,
-        strides=None,
-        padding="valid",
-        data_format=None,
-        name=None,
-        **kwargs,
-    ):
-        super().__init__(
-            pool_size, strides, padding, data_format, name=name, **kwargs
-        )
-        self._build_at_init()
-
-    def call(self, inputs):
-        return ops.soft_pool(inputs, **self.window_args)
+    op = staticmethod(ops.soft_pool)
 
 
 @keras.saving.register_keras_serializable(package="kpool")
