@@ -147,12 +147,6 @@ class Window:
     def channel_axis(self):
         return -1 if self.channels_last else 1
 
-    @property
-    def overlapping(self):
-        return any(
-            k > s for k, s in zip(self.pool_size, self.strides, strict=True)
-        )
-
     def spatial_axes(self):
         first = 1 if self.channels_last else 2
         return list(range(first, first + self.num_spatial_dims))
