@@ -5,18 +5,18 @@
 (a) Layers: every kpool layer's forward plus backward time as a ratio to
     `keras.layers.MaxPooling2D` (as `experiments/bench_layers.py`, in Keras's
     default compile mode), at the issue's batch and at an 8x larger one, and
-    each layer's achieved bandwidth (`kpool.bench.pooling_bytes` over the
+    each layer's achieved bandwidth (`bench.pooling_bytes` over the
     time) against the device's measured copy bandwidth: pooling is
     memory-bound.
 (b) Training throughput of every model family and downsampling choice:
-    `kpool.training.train_run`, the harness's own device-resident path and
-    timer, for `--epochs` epochs on synthetic data of CIFAR-10's size
+    `kpool.harness.training.train_run`, the harness's own device-resident
+    path and timer, for `--epochs` epochs on synthetic data of CIFAR-10's size
     (50,000 train / 10,000 test 32x32x3 images, 10 classes), with the
     precision, batch size, jit_compile and evaluation of `--config` (and any
     `--set` overrides): images/s and ms/step after warm-up, without
     compilation or evaluation.
-(c) FLOPs: `kpool.metrics.flops_per_image` counts multiply-adds; a forward
-    pass is 2 FLOPs per multiply-add and a training step about 3 forward
+(c) FLOPs: `kpool.harness.metrics.flops_per_image` counts multiply-adds; a
+    forward pass is 2 FLOPs per multiply-add and a training step about 3 forward
     passes, so training TFLOP/s = 6 * multiply-adds * images/s / 1e12, also
     as a fraction of the device's dense peak (`PEAK_TFLOPS`).
 (d) Epoch time of each choice relative to max pooling in the same family.
@@ -34,9 +34,10 @@ import argparse
 import math
 import os
 
+import bench
 import keras
 
-from kpool import bench, environment
+from kpool.harness import environment
 
 # Dense (no sparsity) tensor-core peak in TFLOP/s. H100 SXM5: 989.4 BF16 /
 # FP16 and 494.7 TF32 (NVIDIA H100 Tensor Core GPU Architecture whitepaper;
@@ -186,7 +187,7 @@ def benchmark_layer_bandwidth(args):
 
 
 def training_config(args, family, choice, epochs):
-    from kpool.config import load_config
+    from kpool.harness.config import load_config
 
     overrides = [
         *args.set,
@@ -200,7 +201,7 @@ def training_config(args, family, choice, epochs):
 
 
 def benchmark_training(args, dataset, families, choices):
-    from kpool.training import train_run
+    from kpool.harness.training import train_run
 
     epochs = QUICK["epochs"] if args.quick else args.epochs
     rows = []
@@ -268,7 +269,7 @@ def benchmark_training(args, dataset, families, choices):
 
 def project(args, training_rows):
     """Projected GPU time of `--config`'s experiment from measured runs."""
-    from kpool.config import load_config
+    from kpool.harness.config import load_config
 
     config = load_config(args.config, args.set)
     family = config.model.family
@@ -371,8 +372,8 @@ def plot_throughput(rows, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    from kpool.config import DOWNSAMPLING_CHOICES, MODEL_FAMILIES
-    from kpool.data import synthetic_dataset
+    from kpool.harness.config import DOWNSAMPLING_CHOICES, MODEL_FAMILIES
+    from kpool.harness.data import synthetic_dataset
 
     families = args.families or list(MODEL_FAMILIES)
     choices = args.choices or list(DOWNSAMPLING_CHOICES)

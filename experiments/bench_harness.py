@@ -3,8 +3,8 @@
 Both train the same model (`build_model`, same seed, same optimizer, loss
 and schedule) on the same synthetic images in the same process:
 
-- harness: `kpool.training.train_run` with evaluation each epoch; its own
-  `train_images_per_sec` (first steps and evaluation excluded; the median
+- harness: `kpool.harness.training.train_run` with evaluation each epoch; its
+  own `train_images_per_sec` (first steps and evaluation excluded; the median
   of its epochs' rates, which one slow epoch moves less than the bare
   side's total; `results/bench_harness_*.csv` were measured when it was the
   total over epochs too);
@@ -27,13 +27,17 @@ import statistics
 import time
 
 import keras
+from bench import format_table, write_csv
 
-from kpool.bench import format_table, write_csv
-from kpool.config import config_from_dict
-from kpool.data import synthetic_dataset
-from kpool.environment import device_name, machine_name
-from kpool.models import build_model
-from kpool.training import LearningRateSchedule, make_optimizer, train_run
+from kpool.harness.config import config_from_dict
+from kpool.harness.data import synthetic_dataset
+from kpool.harness.environment import device_name, machine_name
+from kpool.harness.models import build_model
+from kpool.harness.training import (
+    LearningRateSchedule,
+    make_optimizer,
+    train_run,
+)
 
 
 def main():

@@ -1,13 +1,13 @@
 """Times kpool's pooling layers against Keras's own, layer by layer and in fit.
 
-Layer level (`kpool.bench.LAYER_CASES`): each layer runs on a
+Layer level (`bench.LAYER_CASES`): each layer runs on a
 `(128, 32, 32, 64)` float32 channels_last batch, at 2x2/s2 and 3x3/s2, in
-every compile mode of the backend (`kpool.bench.COMPILE_MODES`; the mode
+every compile mode of the backend (`bench.COMPILE_MODES`; the mode
 Keras's `jit_compile="auto"` picks is marked `default_compile_mode`), twice:
 forward plus backward in training mode, and forward alone in inference mode,
 each against its baseline run the same way (`MaxPooling2D` with the same
 window; `GlobalMaxPooling2D` for GeM; `AdaptiveMaxPooling2D(4)` for SPP;
-see `kpool.bench.BASELINES`). Blur pooling takes the window as its filter
+see `bench.BASELINES`). Blur pooling takes the window as its filter
 size and stride, fractional max pooling the output size of MaxPooling2D's
 window, unpooling is timed alone, on MaxPoolingWithArgmax2D's values and
 indices, back to the input's size. A time is the median after warm-up,
@@ -18,11 +18,11 @@ processes: on a shared machine one process's ratios can be off by half, so
 the summary reports each case's median ratio over the runs, with its range.
 
 Model level (`--model-fit`): `model.fit` step time of the harness's small
-CNN (`kpool.models.build_model`, `augment=False`) for every windowed pooling
-choice and "strided"/"allconv" (`kpool.bench.model_fit_choices`), relative
-to the same net with "max", in Keras's default compile mode, the fit calls
-interleaved (`kpool.bench.benchmark_model_fit`); goal
-`kpool.bench.MODEL_FIT_GOAL`.
+CNN (`kpool.harness.models.build_model`, `augment=False`) for every
+windowed pooling choice and "strided"/"allconv"
+(`bench.model_fit_choices`), relative to the same net with "max", in
+Keras's default compile mode, the fit calls interleaved
+(`bench.benchmark_model_fit`); goal `bench.MODEL_FIT_GOAL`.
 
     KERAS_BACKEND=jax python experiments/bench_layers.py --runs 3 --model-fit
 
@@ -38,9 +38,8 @@ import subprocess
 import sys
 import tempfile
 
+import bench
 import keras
-
-from kpool import bench
 
 LAYER_COLUMNS = (
     "layer",

@@ -6,7 +6,7 @@ python experiments/run.py report results/quickstart
 
 import sys
 
-from kpool.cli import main
+from kpool.harness.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,16 +1,19 @@
-"""kpool: pooling layers for Keras 3 and a pooling-ablation harness.
+"""kpool: pooling operators for Keras 3, as functional ops and layers.
 
-Importing kpool registers every layer with Keras, so a saved model that uses
-them loads with `keras.saving.load_model` after `import kpool`.
+`import kpool` loads the library alone: `kpool.ops`, `kpool.layers`, the
+registry (`kpool.get_downsampling`) and the backend pieces under them. It
+registers every layer with Keras, so a saved model that uses them loads with
+`keras.saving.load_model` after `import kpool`. The experiment harness is
+`kpool.harness`, imported only when asked for.
 """
 
 import importlib
 import os
 
-_SUBMODULES = ("augment", "layers", "ops")
+_SUBMODULES = ("layers", "ops", "registry")
 _REGISTRY = ("downsampling_names", "get_downsampling")
 
-__all__ = ["augment", "downsampling_names", "get_downsampling", "layers", "ops"]
+__all__ = ["downsampling_names", "get_downsampling", "layers", "ops"]
 
 
 def __getattr__(name):
@@ -22,8 +25,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'kpool' has no attribute {name!r}")
 
 
+# The `kpool` command (`kpool_cli`) sets this so that `--help` and `report`
+# start without importing Keras; `kpool run` imports the layers when it
+# builds a model.
 if os.environ.get("KPOOL_DEFER_IMPORTS") != "1":
-    # `augment` registers the harness's augmentation layer, which every
-    # model the harness saves contains.
-    from kpool import augment, layers, ops
+    from kpool import layers, ops
     from kpool.registry import downsampling_names, get_downsampling

@@ -13,7 +13,7 @@ import os
 def main(argv=None):
     os.environ["KPOOL_DEFER_IMPORTS"] = "1"
     try:
-        from kpool import cli
+        from kpool.harness import cli
     finally:
         del os.environ["KPOOL_DEFER_IMPORTS"]
     return cli.main(argv)

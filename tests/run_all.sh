@@ -1,36 +1,68 @@
 #!/usr/bin/env bash
-# Runs the test suite under every Keras backend, each in its own process
-# (KERAS_BACKEND must be set before Keras is imported).
+# Runs the test suite under every Keras backend, each group in its own
+# process (KERAS_BACKEND must be set before Keras is imported).
 #
-# Layer, data, augmentation and metric tests run under tensorflow, jax and
-# torch. The harness and benchmark tests (models, training, experiments, CLI,
-# benchmark scripts) run under jax, the backend of the GPU path, and
-# tensorflow.
+# - The library (tests/layers) runs under tensorflow, jax and torch.
+#   TensorFlow proves the formulas over the full grid of ranks, paddings
+#   and formats; jax and torch run a sample of it (tests/conftest.py).
+# - The harness (tests/harness) and the benchmark scripts
+#   (tests/experiments) run under jax, the backend of the GPU path, and
+#   tensorflow, the default; augmentation and metrics also under torch.
+# - Facts that hold whatever the backend (shipped configs, the package's
+#   import floors, SciPy equivalences) run once.
+#
+# Two lanes run side by side (two cores are the minimum we test on); each
+# group's output is printed when it ends. Any failure fails the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
-# Skips are expected: tests of one backend's behaviour (export, TFLite,
-# XLA) skip under the others, and each skip says why (`-rs` lists them).
-all_backends=(tests/layers tests/test_data.py tests/test_augment.py
-  tests/test_metrics.py)
-harness=(tests/test_config.py tests/test_models.py tests/test_training.py
-  tests/test_results.py tests/test_experiment.py tests/test_cli.py
-  tests/test_bench.py)
-# What one backend proves: the shipped configs build and train (configs are
-# backend-agnostic data), and facts about Keras's built-in poolings.
-one_backend=(tests/test_configs_shipped.py tests/test_scipy_equivalence.py)
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 
-run() {
+once=(tests/test_layout.py tests/harness/test_configs_shipped.py
+  tests/harness/test_scipy_equivalence.py)
+harness=(tests/harness tests/experiments
+  --ignore=tests/harness/test_configs_shipped.py
+  --ignore=tests/harness/test_scipy_equivalence.py)
+
+group() {
   local backend=$1
   shift
-  echo "=== KERAS_BACKEND=$backend: $*"
+  local log="$logs/$backend-$RANDOM.log"
   # pytest exits 4 for a missing path and 5 when it collects no tests;
-  # `set -e` turns both into a failure rather than a silent pass.
-  KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider "$@"
+  # both count as failures, not as a silent pass.
+  if KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider -rs \
+    "$@" >"$log" 2>&1; then
+    status=passed
+  else
+    status=FAILED
+  fi
+  {
+    echo "=== KERAS_BACKEND=$backend ($status): $*"
+    cat "$log"
+  } >>"$logs/report"
+  [[ $status == passed ]]
 }
 
-for backend in tensorflow jax torch; do
-  run "$backend" "${all_backends[@]}"
-done
-run jax "${harness[@]}" "${one_backend[@]}"
-run tensorflow "${harness[@]}"
+lane_a() {
+  group tensorflow tests/layers &&
+    group tensorflow "${harness[@]}" &&
+    group torch tests/layers tests/harness/test_augment.py \
+      tests/harness/test_metrics.py
+}
+lane_b() {
+  group jax tests/layers && group jax "${harness[@]}" "${once[@]}"
+}
+
+start=$SECONDS
+lane_a &
+a=$!
+lane_b &
+b=$!
+status=0
+wait $a || status=1
+wait $b || status=1
+cat "$logs/report"
+echo "run_all.sh: $([[ $status == 0 ]] && echo passed || echo FAILED)" \
+  "in $((SECONDS - start)) s"
+exit $status

@@ -181,25 +181,6 @@ def sliced_filter_axis(blur, inputs, axis, stride, weights):
     return ops.reshape(total, [-1, *shape[1:]])
 
 
-def depthwise_filter_axis(blur, inputs, axis, stride, weights):
-    """`sliced_filter_axis` as a 1-D depthwise convolution with `inner`
-    channels, the faster form in TensorFlow's graph mode (about as fast as
-    `MaxPooling2D` there, where the slices cost about 3x)."""
-    shape = list(inputs.shape)
-    n, inner = shape[axis], math.prod(shape[axis + 1 :])
-    view = blur.pad(ops.reshape(inputs, (-1, n, inner)))
-    kernel = np.broadcast_to(weights[:, None, None], (len(weights), inner, 1))
-    view = ops.depthwise_conv(
-        view,
-        ops.convert_to_tensor(kernel, view.dtype),
-        strides=stride,
-        padding="valid",
-        data_format="channels_last",
-    )
-    shape[axis] = math.ceil(n / stride)
-    return ops.reshape(view, [-1, *shape[1:]])
-
-
 def blur_pool(
     inputs, filter_size=3, strides=2, padding_mode="reflect", data_format=None
 ):

@@ -173,25 +173,3 @@ def gate_logits(window, padded, gate_kernel):
             (channels, *(1,) * window.num_spatial_dims, -1),
         )
     return ops.sum(windows * kernel, axis=window.window_axis)
-
-
-def depthwise_gate_logits(window, padded, kernel):
-    """`gate_logits` as a depthwise convolution, one kernel per channel.
-
-    The faster form where each op is its own kernel (TensorFlow's graph
-    mode, torch): there the convolution is one fast kernel and the window
-    extraction costs several times more. XLA (JAX, TensorFlow with
-    `jit_compile=True`) runs it on a CPU 3-9x slower than the extraction it
-    fuses, and `keras.ops` has no 3D depthwise convolution on TensorFlow.
-    """
-    channels = padded.shape[window.channel_axis]
-    if len(kernel.shape) == 1:
-        kernel = ops.repeat(kernel[:, None], channels, axis=1)
-    kernel = ops.reshape(kernel, (*window.pool_size, channels, 1))
-    return ops.depthwise_conv(
-        padded,
-        kernel,
-        strides=window.strides,
-        padding="valid",
-        data_format=window.data_format,
-    )

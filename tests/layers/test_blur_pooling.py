@@ -10,14 +10,10 @@ from absl.testing import parameterized
 from keras.src import testing
 
 from kpool import layers, ops
-from kpool.ops.blur_pool import (
-    Blur,
-    binomial_filter,
-    depthwise_filter_axis,
-    sliced_filter_axis,
-)
+from kpool.backend.depthwise import depthwise_filter_axis
+from kpool.ops.blur_pool import Blur, binomial_filter, sliced_filter_axis
 
-from .issue13_support import (
+from .assertions import (
     assert_jit_matches_eager,
     assert_keras_file_round_trip,
     channels_last,

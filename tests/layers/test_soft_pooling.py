@@ -12,7 +12,7 @@ from kpool import layers, ops
 from kpool.ops.window_cells import low_rank_windows
 from kpool.ops.windows import Window
 
-from .issue13_support import (
+from .assertions import (
     assert_jit_matches_eager,
     assert_keras_file_round_trip,
     gradients,

@@ -10,7 +10,7 @@ from keras.src import testing
 
 from kpool import layers, ops
 
-from .issue13_support import (
+from .assertions import (
     assert_jit_matches_eager,
     assert_keras_file_round_trip,
     gradients,

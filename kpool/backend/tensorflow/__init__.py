@@ -33,12 +33,12 @@ def fast_path(name, window=None):
     # One depthwise convolution per axis runs about as fast as max pooling
     # in TensorFlow's graph mode; the slices XLA fuses take 3x as long.
     if name == "blur_filter_axis":
-        from kpool.ops.blur_pool import depthwise_filter_axis
+        from kpool.backend.depthwise import depthwise_filter_axis
 
         return depthwise_filter_axis
     # keras.ops has no 3D depthwise convolution on TensorFlow.
     if name == "gate_logits" and window.num_spatial_dims < 3:
-        from kpool.ops.mixed_pool import depthwise_gate_logits
+        from kpool.backend.depthwise import depthwise_gate_logits
 
         return depthwise_gate_logits
     return None

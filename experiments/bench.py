@@ -21,7 +21,7 @@ import time
 
 import keras
 
-from kpool.environment import environment, has_gpu
+from kpool.harness.environment import environment, has_gpu
 
 COMPILE_MODES = {
     "tensorflow": {
@@ -732,7 +732,7 @@ CONV_CHOICES = ("strided", "allconv")
 def model_fit_choices():
     """The small CNN's choices timed against "max": every windowed pooling
     of the registry `build_model` takes, then `CONV_CHOICES`."""
-    from kpool import models
+    from kpool.harness import models
 
     choices = models.downsampling_choices()
     poolings = [
@@ -755,9 +755,9 @@ def benchmark_model_fit(
 ):
     """Times `model.fit` steps of the harness's model per downsampling choice.
 
-    What a user sees: `kpool.models.build_model(ModelConfig(family), choice,
-    augment=False)` (the harness's window, padding and position), Keras's
-    own train step, data handling and compile mode (`jit_compile`). The
+    What a user sees: `kpool.harness.models.build_model(ModelConfig(family),
+    choice, augment=False)` (the harness's window, padding and position),
+    Keras's own train step, data handling and compile mode (`jit_compile`). The
     models differ only in their downsampling and their one-epoch `fit`
     calls are interleaved with the same net with "max" pooling. A step's
     time is read between batch ends (`StepClock`), the first step of each
@@ -770,8 +770,8 @@ def benchmark_model_fit(
     """
     import numpy as np
 
-    from kpool import models
-    from kpool.config import ModelConfig
+    from kpool.harness import models
+    from kpool.harness.config import ModelConfig
 
     choices = model_fit_choices() if choices is None else tuple(choices)
     model_config = ModelConfig(family=family, width=width)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from kpool.augment import (
+from kpool.harness.augment import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     CIFAR10_VARIANCE,

@@ -144,8 +144,8 @@ def import_tensorflow_quietly():
 
 
 def _run(args):
-    from kpool.config import load_config
-    from kpool.experiment import parse_shard, run_experiment
+    from kpool.harness.config import load_config
+    from kpool.harness.experiment import parse_shard, run_experiment
 
     overrides = list(args.overrides)
     if args.output_dir is not None:
@@ -162,7 +162,7 @@ def _run(args):
 
 
 def _report(args):
-    from kpool import results
+    from kpool.harness import results
 
     runs, epochs = results.read_results([args.directory])
     if runs.empty:
@@ -172,7 +172,7 @@ def _report(args):
 
 
 def _merge(args):
-    from kpool import results
+    from kpool.harness import results
 
     summary = results.merge(args.sources, args.out)
     print(results.report(summary))
@@ -181,8 +181,8 @@ def _merge(args):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    from kpool.config import ConfigError
-    from kpool.data import DataUnavailableError
+    from kpool.harness.config import ConfigError
+    from kpool.harness.data import DataUnavailableError
 
     command = {"run": _run, "report": _report, "merge": _merge}[args.command]
     try:

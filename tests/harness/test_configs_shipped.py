@@ -6,10 +6,10 @@ import pathlib
 
 import pytest
 
-from kpool.config import load_config
-from kpool.experiment import run_experiment
+from kpool.harness.config import load_config
+from kpool.harness.experiment import run_experiment
 
-CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((pathlib.Path(__file__).parents[2] / "configs").glob("*.yaml"))
 # Tiny and fast: 8 synthetic images in one batch, one epoch, narrow models,
 # a few images for the shift metrics. Everything else stays the config's.
 TINY = [

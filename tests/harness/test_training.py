@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from kpool.config import OptimizerConfig, config_from_dict
-from kpool.data import synthetic_dataset
-from kpool.models import build_model
-from kpool.training import (
+from kpool.harness.config import OptimizerConfig, config_from_dict
+from kpool.harness.data import synthetic_dataset
+from kpool.harness.models import build_model
+from kpool.harness.training import (
     DeviceBatches,
     LearningRateSchedule,
     TrainTimer,
@@ -399,9 +399,9 @@ def test_jax_training_path_never_imports_tensorflow():
         # sys.modules as "TensorFlow is loaded" and then needs it.
         sys.meta_path.insert(0, Blocker())
 
-        from kpool.config import config_from_dict
-        from kpool.data import synthetic_dataset
-        from kpool.training import train_run
+        from kpool.harness.config import config_from_dict
+        from kpool.harness.data import synthetic_dataset
+        from kpool.harness.training import train_run
 
         config = config_from_dict(
             {
@@ -434,9 +434,9 @@ DATA_PARALLEL_RUN = textwrap.dedent(
     """
     import json
 
-    from kpool.config import config_from_dict
-    from kpool.data import synthetic_dataset
-    from kpool.training import train_run
+    from kpool.harness.config import config_from_dict
+    from kpool.harness.data import synthetic_dataset
+    from kpool.harness.training import train_run
 
     tiny = json.loads(%r)
     dataset = synthetic_dataset(n_train=100, n_test=40, seed=0)
@@ -512,7 +512,7 @@ def test_data_parallel_on_four_virtual_devices_matches_one_device():
 
 
 def test_data_parallel_errors_before_training():
-    from kpool.training import make_distribution
+    from kpool.harness.training import make_distribution
 
     if BACKEND != "jax":
         with pytest.raises(ValueError, match="needs KERAS_BACKEND=jax"):
@@ -528,8 +528,8 @@ def test_data_parallel_errors_before_training():
 
 @pytest.mark.skipif(BACKEND == "jax", reason="JAX runs data_parallel")
 def test_experiment_refuses_data_parallel_off_jax_before_training(tmp_path):
-    from kpool.config import ConfigError
-    from kpool.experiment import run_experiment
+    from kpool.harness.config import ConfigError
+    from kpool.harness.experiment import run_experiment
 
     config = config_from_dict(
         {
@@ -550,7 +550,7 @@ def _digits_npz(path, size):
     import pathlib
 
     pytest.importorskip("sklearn")
-    script = pathlib.Path(__file__).parents[1] / "experiments"
+    script = pathlib.Path(__file__).parents[2] / "experiments"
     spec = importlib.util.spec_from_file_location(
         "make_digits_npz", script / "make_digits_npz.py"
     )
@@ -564,7 +564,7 @@ def test_learns_real_digits_through_the_npz_source(tmp_path):
     """A short run on real images (1,400 train / 397 test handwritten
     digits, 16x16) ends far above chance (10%) in inference mode: the
     test accuracy tracks the training accuracy within a short run."""
-    from kpool.data import load_dataset
+    from kpool.harness.data import load_dataset
 
     path = tmp_path / "digits.npz"
     _digits_npz(path, size=16)

@@ -17,8 +17,8 @@ of what determines its numbers:
 
 A run whose run_id has an "ok" row in the experiment directory is skipped;
 failed and unfinished ones are run again. Each finished run is written at
-once, atomically (see `kpool.results`), so a killed process loses at most
-the run in progress.
+once, atomically (see `kpool.harness.results`), so a killed process loses
+at most the run in progress.
 """
 
 import dataclasses
@@ -33,8 +33,8 @@ import time
 import traceback
 from datetime import datetime, timezone
 
-from kpool import results
-from kpool.config import ConfigError, config_hash, resolve_downsampling
+from kpool.harness import results
+from kpool.harness.config import ConfigError, config_hash, resolve_downsampling
 
 NON_RESULT_KEYS = (
     "name",
@@ -177,7 +177,7 @@ def _check_directory_config(directory, data):
 def _check_downsampling_names(config):
     """The config knows every choice's name; this checks that this install
     of kpool has it."""
-    from kpool.models import downsampling_choices
+    from kpool.harness.models import downsampling_choices
 
     known = downsampling_choices()
     for i, name in enumerate(config.downsampling):
@@ -194,7 +194,7 @@ def _check_models(config, dataset):
     training rather than after hours of it."""
     import keras
 
-    from kpool.models import build_model
+    from kpool.harness.models import build_model
 
     for name in config.downsampling:
         try:
@@ -218,7 +218,7 @@ def _check_models(config, dataset):
 
 def load_data(config):
     """The experiment's data set, loaded once and shared by every run."""
-    from kpool.data import load_dataset
+    from kpool.harness.data import load_dataset
 
     data = config.data
     try:
@@ -304,8 +304,8 @@ def run_experiment(config, *, shard=None, verbose=1, out=None):
 
     Everything that can be checked is checked before the first run trains:
     the config, the downsampling names, the data (a missing data set raises
-    `kpool.data.DataUnavailableError`) and every choice's model. A run that
-    raises is recorded as "failed" and the next one starts; a
+    `kpool.harness.data.DataUnavailableError`) and every choice's model. A
+    run that raises is recorded as "failed" and the next one starts; a
     KeyboardInterrupt stops the experiment.
     """
     import yaml
@@ -314,7 +314,7 @@ def run_experiment(config, *, shard=None, verbose=1, out=None):
         print(*parts, file=out or sys.stdout, flush=True)
 
     _check_downsampling_names(config)
-    from kpool.training import check_distribution
+    from kpool.harness.training import check_distribution
 
     check_distribution(config)
     _check_logging(config)
@@ -420,7 +420,7 @@ def _run_callbacks(config, directory, key):
 
 def _train_one(config, spec, dataset, verbose, callbacks=()):
     """Trains one run; returns its row values and epoch rows."""
-    from kpool.training import train_run
+    from kpool.harness.training import train_run
 
     row = {
         "status": "ok",

@@ -2,9 +2,9 @@ import pathlib
 
 import pytest
 
-from kpool import config as cfg
+from kpool.harness import config as cfg
 
-CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((pathlib.Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
 
 def test_defaults_and_types():

@@ -2,8 +2,9 @@
 
 `train_run` trains one (downsampling choice, seed) of an experiment and
 returns the run's row values and per-epoch history. Variants with the same
-seed are matched: same initial weights for shared layers (`kpool.models`),
-same data order, same augmentation draws, same optimizer and schedule.
+seed are matched: same initial weights for shared layers
+(`kpool.harness.models`), same data order, same augmentation draws, same
+optimizer and schedule.
 
 - Data order: epoch `e` visits the training set in the order
   `numpy.random.default_rng((seed, e)).permutation(n)`, cut to whole batches
@@ -46,8 +47,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from kpool.environment import device_name
-from kpool.models import build_model
+from kpool.harness.environment import device_name
+from kpool.harness.models import build_model
 
 
 @dataclasses.dataclass
@@ -60,11 +61,11 @@ def train_run(config, downsampling, seed, dataset, *, verbose=1, callbacks=()):
     """Trains one variant on `dataset` and measures it.
 
     Args:
-        config: `kpool.config.ExperimentConfig`.
+        config: `kpool.harness.config.ExperimentConfig`.
         downsampling: string, one of `config.downsampling`.
         seed: int. Seeds Python, NumPy, the backend, the initial weights and
             the data order.
-        dataset: `kpool.data.Dataset` (uint8 NHWC images, int labels).
+        dataset: `kpool.harness.data.Dataset` (uint8 NHWC images, int labels).
         verbose: int. `model.fit`'s verbosity.
         callbacks: extra Keras callbacks for `model.fit`.
 
@@ -279,7 +280,7 @@ def check_distribution(config):
     """Fails fast where `config.distribution` cannot run (see
     `make_distribution`); the batch may be cut to the training set's size
     later, which is checked again then."""
-    from kpool.config import ConfigError
+    from kpool.harness.config import ConfigError
 
     try:
         make_distribution(config.distribution, config.train.batch_size)
@@ -680,7 +681,7 @@ def _train_eval_accuracy(model, dataset, seed, batch_size):
 
 
 def _model_metrics(model, dataset, config):
-    from kpool import metrics
+    from kpool.harness import metrics
 
     values = {
         "receptive_field": metrics.receptive_field(model),

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from kpool import cli, results
-from kpool.config import config_from_dict, load_config
+from kpool.harness import cli, results
+from kpool.harness.config import config_from_dict, load_config
 
 TINY = {
     "name": "tiny",
@@ -100,7 +100,7 @@ class BlockTensorFlow(importlib.abc.MetaPathFinder):
 
 
 sys.meta_path.insert(0, BlockTensorFlow())
-from kpool.cli import main
+from kpool.harness.cli import main
 
 code = main(sys.argv[1:])
 assert "tensorflow" not in sys.modules
@@ -202,12 +202,12 @@ def test_report_prints_the_summary(finished, capsys):
 
 def test_rerun_skips_finished_runs(finished, config_path, monkeypatch, capsys):
     directory, runs, _ = finished
-    import kpool.training
+    import kpool.harness.training
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(kpool.training, "train_run", fail)
+    monkeypatch.setattr(kpool.harness.training, "train_run", fail)
     out = str(directory.parent)
     assert cli.main(["run", str(config_path), "--output-dir", out]) == 0
     assert "4 finished already, 0 to train" in capsys.readouterr().out
@@ -264,7 +264,7 @@ def resumed(workdir):
     if os.environ.get("KERAS_BACKEND") == "jax":
         entry = ["-c", BLOCK_TENSORFLOW]
     else:
-        entry = ["-m", "kpool.cli"]
+        entry = ["-m", "kpool.harness.cli"]
     command = [
         sys.executable,
         *entry,
@@ -420,15 +420,17 @@ def test_verbosity_defaults_to_one_line_per_epoch_off_a_terminal():
     "arguments, verbose", [([], 2), (["--verbose", "1"], 1)]
 )
 def test_run_passes_the_verbosity(config_path, monkeypatch, arguments, verbose):
-    import kpool.experiment
+    import kpool.harness.experiment
 
     seen = []
 
     def run_experiment(config, *, shard=None, verbose=1, out=None):
         seen.append(verbose)
-        return kpool.experiment.Outcome(None, [], [], [])
+        return kpool.harness.experiment.Outcome(None, [], [], [])
 
-    monkeypatch.setattr(kpool.experiment, "run_experiment", run_experiment)
+    monkeypatch.setattr(
+        kpool.harness.experiment, "run_experiment", run_experiment
+    )
     # pytest captures stdout: not a terminal.
     assert cli.main(["run", str(config_path), *arguments]) == 0
     assert seen == [verbose]
@@ -443,7 +445,7 @@ import sys
 {prelude}
 main = globals().get("entry")
 if main is None:
-    from kpool.cli import main
+    from kpool.harness.cli import main
 
 try:
     code = main(sys.argv[1:])
@@ -457,8 +459,9 @@ sys.exit(code or (3 if loaded else 0))
 WITHOUT_THE_LAYERS = """
 import importlib.util
 
-spec = importlib.util.find_spec("kpool")
-sys.modules["kpool"] = importlib.util.module_from_spec(spec)
+for package in ("kpool", "kpool.harness"):
+    spec = importlib.util.find_spec(package)
+    sys.modules[package] = importlib.util.module_from_spec(spec)
 """
 
 
@@ -497,8 +500,8 @@ def run_without_backend(arguments, prelude=""):
 
 @pytest.mark.parametrize("command", ["help", "report"])
 def test_cli_modules_import_no_backend(command, report_directory):
-    """kpool.cli, kpool.config, kpool.data and kpool.results, which --help
-    and report use, import neither Keras nor a backend."""
+    """kpool.harness.cli, .config, .data and .results, which --help and
+    report use, import neither Keras nor a backend."""
     arguments = ["--help"] if command == "help" else ["report"]
     if command == "report":
         arguments.append(str(report_directory))
@@ -583,7 +586,7 @@ QUIET_IMPORT = """
 import sys
 
 {prelude}
-from kpool import cli
+from kpool.harness import cli
 
 cli.import_tensorflow_quietly()
 assert "tensorflow" in sys.modules
@@ -608,16 +611,18 @@ def test_tensorflow_is_imported_quietly():
 
 
 def test_tensorflow_logs_when_the_user_asks(config_path, monkeypatch):
-    import kpool.experiment
+    import kpool.harness.experiment
 
     imports = []
     monkeypatch.setattr(
         cli, "import_tensorflow_quietly", lambda: imports.append(1)
     )
     monkeypatch.setattr(
-        kpool.experiment,
+        kpool.harness.experiment,
         "run_experiment",
-        lambda config, **kwargs: kpool.experiment.Outcome(None, [], [], []),
+        lambda config, **kwargs: kpool.harness.experiment.Outcome(
+            None, [], [], []
+        ),
     )
     for asked in (False, True):
         monkeypatch.setattr(cli, "TF_LOG_LEVEL_FROM_USER", asked)
@@ -632,7 +637,7 @@ import sys
 {prelude}
 import jax  # sets TF_CPP_MIN_LOG_LEVEL=1 unless it is set
 
-from kpool import cli
+from kpool.harness import cli
 
 print(cli.TF_LOG_LEVEL_FROM_USER, os.environ["TF_CPP_MIN_LOG_LEVEL"])
 """

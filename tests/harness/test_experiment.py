@@ -1,7 +1,9 @@
+import importlib.util
+
 import pytest
 
-from kpool import experiment
-from kpool.config import ConfigError, config_from_dict
+from kpool.harness import experiment
+from kpool.harness.config import ConfigError, config_from_dict
 
 
 @pytest.fixture
@@ -142,7 +144,7 @@ def test_failed_run_is_recorded_and_the_rest_continue(tmp_path, monkeypatch):
 
     import pandas as pd
 
-    import kpool.training
+    import kpool.harness.training
 
     config = config_from_dict(
         {
@@ -166,7 +168,7 @@ def test_failed_run_is_recorded_and_the_rest_continue(tmp_path, monkeypatch):
         epochs = [{"epoch": 1, "test_accuracy": 0.5}]
         return types.SimpleNamespace(metrics=metrics, epochs=epochs)
 
-    monkeypatch.setattr(kpool.training, "train_run", train_run)
+    monkeypatch.setattr(kpool.harness.training, "train_run", train_run)
     broken = True
     outcome = experiment.run_experiment(config, verbose=0)
     assert calls == ["max", "avg"]
@@ -190,12 +192,12 @@ def test_fallback_is_loud_and_recorded(tmp_path, monkeypatch, capsys):
 
     import pandas as pd
 
-    import kpool.training
+    import kpool.harness.training
 
     def train_run(config, downsampling, seed, dataset, **kwargs):
         return types.SimpleNamespace(metrics={"test_accuracy": 0.5}, epochs=[])
 
-    monkeypatch.setattr(kpool.training, "train_run", train_run)
+    monkeypatch.setattr(kpool.harness.training, "train_run", train_run)
     config = config_from_dict(
         {
             "output_dir": str(tmp_path),
@@ -225,13 +227,13 @@ def stand_in_trainer(monkeypatch, calls):
     """Replaces training with a call recorder; returns nothing useful."""
     import types
 
-    import kpool.training
+    import kpool.harness.training
 
     def train_run(config, downsampling, seed, dataset, **kwargs):
         calls.append(kwargs)
         return types.SimpleNamespace(metrics={"test_accuracy": 0.5}, epochs=[])
 
-    monkeypatch.setattr(kpool.training, "train_run", train_run)
+    monkeypatch.setattr(kpool.harness.training, "train_run", train_run)
 
 
 def test_data_is_checked_before_the_directory(tmp_path, monkeypatch):
@@ -239,7 +241,7 @@ def test_data_is_checked_before_the_directory(tmp_path, monkeypatch):
     holds another config's results."""
     import yaml
 
-    from kpool.data import DataUnavailableError
+    from kpool.harness.data import DataUnavailableError
 
     stand_in_trainer(monkeypatch, [])
     directory = tmp_path / "experiment"
@@ -266,7 +268,33 @@ def test_data_is_checked_before_the_directory(tmp_path, monkeypatch):
         experiment.run_experiment(config, verbose=0)
 
 
+def test_tensorboard_without_its_package_stops_before_training(
+    tmp_path, monkeypatch
+):
+    calls = []
+    stand_in_trainer(monkeypatch, calls)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorboard" else find_spec(name, *a),
+    )
+    config = config_from_dict(
+        {
+            "output_dir": str(tmp_path),
+            "downsampling": ["max"],
+            "data": {"source": "synthetic", "subset": 20, "test_subset": 10},
+        },
+        ["log.tensorboard=true"],
+    )
+    with pytest.raises(ConfigError, match="`log.tensorboard` needs") as error:
+        experiment.run_experiment(config, verbose=0)
+    assert "pip install tensorboard" in str(error.value)
+    assert calls == []
+
+
 def test_tensorboard_callback_per_run(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
     calls = []
     stand_in_trainer(monkeypatch, calls)
     data = {

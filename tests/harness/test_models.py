@@ -4,9 +4,13 @@ import keras
 import numpy as np
 import pytest
 
-from kpool.config import DOWNSAMPLING_CHOICES, MODEL_FAMILIES, ModelConfig
-from kpool.metrics import receptive_field
-from kpool.models import build_model, downsampling_choices, layer_seed
+from kpool.harness.config import (
+    DOWNSAMPLING_CHOICES,
+    MODEL_FAMILIES,
+    ModelConfig,
+)
+from kpool.harness.metrics import receptive_field
+from kpool.harness.models import build_model, downsampling_choices, layer_seed
 
 WIDTH = 8
 IMAGES = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
@@ -190,7 +194,7 @@ def test_dilated_receptive_field_by_hand():
 
 
 def test_dilated_costs_more_flops_than_pooling():
-    from kpool.metrics import flops_per_image
+    from kpool.harness.metrics import flops_per_image
 
     pooled = flops_per_image(build("small_cnn", "max"))
     dilated = flops_per_image(build("small_cnn", "dilated"))
@@ -450,7 +454,7 @@ def test_augmentation_only_in_training():
 
 
 def test_normalisation_uses_cifar10_statistics():
-    from kpool.augment import CIFAR10_MEAN, CIFAR10_STD
+    from kpool.harness.augment import CIFAR10_MEAN, CIFAR10_STD
 
     model = build("small_cnn", "max")
     normalize = keras.Model(model.input, model.get_layer("normalize").output)

@@ -1,4 +1,4 @@
-"""Helpers of the tests of issue 13's layers (blur, soft, tree, median).
+"""Shared helpers of the layer tests: NumPy windows, formats, gradients, jit.
 
 Written independently of `kpool.ops.windows`: NumPy windows one cell at a
 time, gradients through each backend's own autodiff, `.keras` round trips.

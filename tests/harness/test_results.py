@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kpool import results
+from kpool.harness import results
 
 
 def run_row(run_id, downsampling, seed, accuracy, epoch_seconds, **extra):

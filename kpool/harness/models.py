@@ -86,8 +86,8 @@ import zlib
 
 import keras
 
-from kpool.augment import CIFAR10_MEAN, CIFAR10_VARIANCE, RandomCropFlip
-from kpool.config import resolve_downsampling
+from kpool.harness.augment import CIFAR10_MEAN, CIFAR10_VARIANCE, RandomCropFlip
+from kpool.harness.config import resolve_downsampling
 from kpool.registry import downsampling_names, get_downsampling
 
 FAMILY_WIDTHS = {"small_cnn": 32, "model_c": 96, "vgg": 64, "resnet": 16}
@@ -136,10 +136,10 @@ def build_model(
     """Builds one variant of a model family.
 
     Args:
-        model_config: `kpool.config.ModelConfig`.
+        model_config: `kpool.harness.config.ModelConfig`.
         downsampling: string. One of `downsampling_choices()`, or a variant
             defined in `downsampling_options` (see
-            `kpool.config.resolve_downsampling`).
+            `kpool.harness.config.resolve_downsampling`).
         num_classes: int. Number of logits.
         input_shape: tuple. Shape of one raw image, channels_last, 3
             channels.

@@ -1,4 +1,4 @@
-"""Tests of kpool.metrics against NumPy references and hand computations."""
+"""kpool.harness.metrics against NumPy references and hand computations."""
 
 import math
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from kpool import metrics
+from kpool.harness import metrics
 
 SHAPE = (8, 8, 3)
 NUM_IMAGES = 24

@@ -11,13 +11,14 @@ import subprocess
 import sys
 import types
 
+import bench
 import keras
 import numpy as np
 import pytest
 
-from kpool import bench
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 
 # Makes `import tensorflow` fail, as on a machine without it. (Setting
@@ -266,7 +267,7 @@ def test_missing_and_failing_layers_are_skipped_with_a_note(capsys):
 
 
 def test_model_fit_choices_are_the_windowed_poolings_then_convolutions():
-    from kpool import models
+    from kpool.harness import models
 
     choices = bench.model_fit_choices()
     assert choices[-2:] == ("strided", "allconv")

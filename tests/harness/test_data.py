@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from kpool.data import (
+from kpool.harness.data import (
     DataFormatError,
     DataUnavailableError,
     load_dataset,

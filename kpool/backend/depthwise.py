@@ -1,0 +1,54 @@
+"""Depthwise-convolution forms of pieces of kpool's ops.
+
+Where each op is its own kernel (TensorFlow's graph mode, torch's eager
+mode), one depthwise convolution runs faster than the slices and window
+extractions the `keras.ops` forms use. These are written in `keras.ops`
+too, so both backends' modules share them; `kpool.backend.fast_path`
+hands them to the ops.
+"""
+
+import math
+
+import numpy as np
+from keras import ops
+
+
+def depthwise_filter_axis(blur, inputs, axis, stride, weights):
+    """`sliced_filter_axis` as a 1-D depthwise convolution with `inner`
+    channels, the faster form in TensorFlow's graph mode (about as fast as
+    `MaxPooling2D` there, where the slices cost about 3x)."""
+    shape = list(inputs.shape)
+    n, inner = shape[axis], math.prod(shape[axis + 1 :])
+    view = blur.pad(ops.reshape(inputs, (-1, n, inner)))
+    kernel = np.broadcast_to(weights[:, None, None], (len(weights), inner, 1))
+    view = ops.depthwise_conv(
+        view,
+        ops.convert_to_tensor(kernel, view.dtype),
+        strides=stride,
+        padding="valid",
+        data_format="channels_last",
+    )
+    shape[axis] = math.ceil(n / stride)
+    return ops.reshape(view, [-1, *shape[1:]])
+
+
+def depthwise_gate_logits(window, padded, kernel):
+    """`gate_logits` as a depthwise convolution, one kernel per channel.
+
+    The faster form where each op is its own kernel (TensorFlow's graph
+    mode, torch): there the convolution is one fast kernel and the window
+    extraction costs several times more. XLA (JAX, TensorFlow with
+    `jit_compile=True`) runs it on a CPU 3-9x slower than the extraction it
+    fuses, and `keras.ops` has no 3D depthwise convolution on TensorFlow.
+    """
+    channels = padded.shape[window.channel_axis]
+    if len(kernel.shape) == 1:
+        kernel = ops.repeat(kernel[:, None], channels, axis=1)
+    kernel = ops.reshape(kernel, (*window.pool_size, channels, 1))
+    return ops.depthwise_conv(
+        padded,
+        kernel,
+        strides=window.strides,
+        padding="valid",
+        data_format=window.data_format,
+    )
