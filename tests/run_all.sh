@@ -11,6 +11,9 @@
 # - Facts that hold whatever the backend (shipped configs, the package's
 #   import floors, SciPy equivalences) run once.
 #
+# KPOOL_COVERAGE=1 runs every group under coverage.py and prints the
+# combined line coverage of kpool/ at the end.
+#
 # Two lanes run side by side (two cores are the minimum we test on); each
 # group's output is printed when it ends. Any failure fails the script.
 set -euo pipefail
@@ -18,6 +21,11 @@ cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
+pytest=(python -m pytest)
+if [[ ${KPOOL_COVERAGE:-0} == 1 ]]; then
+  rm -f .coverage .coverage.*
+  pytest=(python -m coverage run -p --source=kpool,kpool_cli -m pytest)
+fi
 
 once=(tests/test_layout.py tests/harness/test_configs_shipped.py
   tests/harness/test_scipy_equivalence.py)
@@ -31,7 +39,7 @@ group() {
   local log="$logs/$backend-$RANDOM.log"
   # pytest exits 4 for a missing path and 5 when it collects no tests;
   # both count as failures, not as a silent pass.
-  if KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider -rs \
+  if KERAS_BACKEND=$backend "${pytest[@]}" -q -p no:cacheprovider -rs \
     "$@" >"$log" 2>&1; then
     status=passed
   else
@@ -65,4 +73,7 @@ wait $b || status=1
 cat "$logs/report"
 echo "run_all.sh: $([[ $status == 0 ]] && echo passed || echo FAILED)" \
   "in $((SECONDS - start)) s"
+if [[ ${KPOOL_COVERAGE:-0} == 1 ]]; then
+  python -m coverage combine -q && python -m coverage report | tail -1
+fi
 exit $status
