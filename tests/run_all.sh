@@ -27,10 +27,10 @@ if [[ ${KPOOL_COVERAGE:-0} == 1 ]]; then
   pytest=(python -m coverage run -p --source=kpool,kpool_cli -m pytest)
 fi
 
-once=(tests/test_layout.py tests/harness/test_configs_shipped.py
-  tests/harness/test_scipy_equivalence.py)
-harness=(tests/harness tests/experiments
-  --ignore=tests/harness/test_configs_shipped.py
+harness=(tests/harness tests/experiments)
+# Under jax only: the harness plus what holds whatever the backend.
+harness_and_once=("${harness[@]}" tests/test_layout.py)
+harness+=(--ignore=tests/harness/test_configs_shipped.py
   --ignore=tests/harness/test_scipy_equivalence.py)
 
 group() {
@@ -59,7 +59,7 @@ lane_a() {
       tests/harness/test_metrics.py
 }
 lane_b() {
-  group jax tests/layers && group jax "${harness[@]}" "${once[@]}"
+  group jax tests/layers && group jax "${harness_and_once[@]}"
 }
 
 start=$SECONDS
