@@ -40,6 +40,28 @@ def fast_path(name, inputs=None, window=None):
     return None if module is None else module.fast_path(name, window)
 
 
+def values_known(tensor):
+    """Whether `tensor`'s values can be read now: not while a model is
+    built or a function traced (`jax.jit`, `tf.function`, `torch.compile`,
+    torch's tracing for ONNX export)."""
+    if isinstance(tensor, keras.KerasTensor):
+        return False
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+
+        return not isinstance(tensor, jax.core.Tracer)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.is_symbolic_tensor(tensor)
+    if backend == "torch":
+        from kpool.backend import torch
+
+        return torch.values_known()
+    return True
+
+
 def uniform(shape, dtype, seed):
     """`keras.random.uniform(shape, dtype=dtype, seed=seed)`, the same
     numbers, drawn the fastest way the backend has."""

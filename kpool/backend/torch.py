@@ -1,10 +1,383 @@
-"""torch's fast paths, for its eager mode, where each op is its own kernel."""
+"""torch's fast paths, for its eager mode, where each op is its own kernel.
+
+There every `keras.ops` call is a kernel and a pass over memory, forward
+and backward, so where torch has a pooling of its own (`F.lp_pool2d`,
+`F.max_pool2d(return_indices=True)`, `F.adaptive_max_pool2d`, a grouped
+`F.conv2d`, `scatter_add`), one call of it replaces the several calls of
+kpool's `keras.ops` form (results/peers/PROFILE.md). Each gives the
+values, indices and gradients of the form it replaces, and the tests of
+each op call both. Channels-last inputs are viewed channels-first by a
+permutation, as Keras's own torch poolings do.
+"""
+
+import itertools
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_AVG_POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+_LP_POOLS = {1: F.lp_pool1d, 2: F.lp_pool2d, 3: F.lp_pool3d}
+_MAX_POOLS = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_ADAPTIVE_POOLS = {
+    "max": F.adaptive_max_pool2d,
+    "average": F.adaptive_avg_pool2d,
+}
 
 
 def fast_path(name, window=None):
-    # keras.ops has no 3D depthwise convolution.
-    if name == "gate_logits" and window.num_spatial_dims < 3:
-        from kpool.backend.depthwise import depthwise_gate_logits
+    return _FAST_PATHS.get(name)
 
-        return depthwise_gate_logits
-    return None
+
+def values_known():
+    """Whether tensors' values can be read: not while torch traces a graph
+    (`torch.jit.trace`, which the ONNX export runs, `torch.compile`,
+    `torch.export`), where a value read would be frozen or fail."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+# Permutations with non-negative axes: the ONNX exporter's tracer
+# mistranslates `movedim(-1, 1)`.
+def _channels_first(inputs, data_format):
+    if data_format == "channels_last":
+        rank = inputs.dim()
+        return inputs.permute(0, rank - 1, *range(1, rank - 1))
+    return inputs
+
+
+def _as_data_format(outputs, data_format):
+    if data_format == "channels_last":
+        rank = outputs.dim()
+        return outputs.permute(0, *range(2, rank), 1)
+    return outputs
+
+
+def _spatial_shape(x):
+    """The spatial dims of channels-first `x`, as ints (a tracer may give
+    tensors)."""
+    return tuple(int(n) for n in x.shape[2:])
+
+
+def _zero_pad(window, x):
+    """`x` (channels first) padded with zeros as `"same"` pads it."""
+    if window.padding == "valid":
+        return x
+    pads = window.same_pads(_spatial_shape(x))
+    return F.pad(x, [p for pair in reversed(pads) for p in pair])
+
+
+def lp_pool(window, inputs, norm_type):
+    """`lp_pool` of float `inputs` with torch's `F.lp_pool2d` (1d, 3d).
+
+    torch pools `x**p`, which is `|x|**p` for an even `p`; otherwise it is
+    given `|x|`. Its gradient of a window of zeros is 0, as kpool's is.
+    """
+    n = window.num_spatial_dims
+    x = _zero_pad(window, _channels_first(inputs, window.data_format))
+    kernel = window.pool_size if n > 1 else window.pool_size[0]
+    if norm_type == 1:
+        sums = _AVG_POOLS[n](x.abs(), kernel, window.strides)
+        sums = sums * math.prod(window.pool_size)
+    else:
+        even = norm_type % 2 == 0
+        sums = _LP_POOLS[n](
+            x if even else x.abs(), norm_type, kernel, window.strides
+        )
+    return _as_data_format(sums, window.data_format)
+
+
+def max_pool_with_argmax(window, inputs):
+    """`max_pool_with_argmax` with torch's `F.max_pool2d(...,
+    return_indices=True)` (1d, 3d), whose indices have kpool's layout.
+
+    torch pads symmetrically with cells that are never the maximum; where
+    `"same"` pads one cell more after than before, `ceil_mode` adds it.
+    A window holding NaN gives the index of a NaN here.
+    """
+    n = window.num_spatial_dims
+    x = _channels_first(inputs, window.data_format)
+    padding, ceil_mode = 0, False
+    if window.padding == "same":
+        pads = window.same_pads(_spatial_shape(x))
+        padding = tuple(before for before, _ in pads)
+        ceil_mode = any(after > before for before, after in pads)
+    values, indices = _MAX_POOLS[n](
+        x,
+        window.pool_size,
+        window.strides,
+        padding=padding,
+        ceil_mode=ceil_mode,
+        return_indices=True,
+    )
+    return (
+        _as_data_format(values, window.data_format),
+        _as_data_format(indices.int(), window.data_format),
+    )
+
+
+def max_unpool(window, inputs, indices, size):
+    """`max_unpool` as one `scatter_add` per example and channel: values
+    sent to one cell add up, as in the `keras.ops` form (torch's
+    `F.max_unpool2d` keeps one of them). `indices` must be in range.
+    In place on the zeros: `scatter_add` would copy them first."""
+    x = _channels_first(inputs, window.data_format)
+    index = _channels_first(indices, window.data_format)
+    batch, channels = x.shape[:2]
+    unpooled = x.new_zeros((batch, channels, math.prod(size))).scatter_add_(
+        2,
+        index.reshape(batch, channels, -1).long(),
+        x.reshape(batch, channels, -1),
+    )
+    unpooled = unpooled.reshape(batch, channels, *size)
+    return _as_data_format(unpooled, window.data_format)
+
+
+def value_range(tensor):
+    """`(min, max)` of `tensor` as Python numbers, in one pass."""
+    lowest, highest = torch.aminmax(tensor)
+    return lowest.item(), highest.item()
+
+
+def adaptive_pool(inputs, output_size, mode, data_format):
+    """2D adaptive max or average pooling to `output_size`, torch's own.
+
+    Also for the 1x1 level of a max pyramid: `amax`'s backward compares
+    every cell with the maximum, while this one scatters to the maximum.
+    """
+    x = _channels_first(inputs, data_format)
+    pooled = _ADAPTIVE_POOLS[mode](x, output_size)
+    return _as_data_format(pooled, data_format)
+
+
+def stochastic_expectation(window, activations, rescale_above):
+    """`sum a**2 / sum a` over each window, as two average poolings, or
+    `None` where an activation exceeds `rescale_above` or is NaN or inf.
+
+    The `keras.ops` form rescales every channel by its largest finite
+    activation, where that is large, so that the squares do not overflow;
+    that costs several passes over the input, forward and backward, for a
+    case that is rare. Eagerly one reduction tells whether it can arise,
+    and where it cannot, the rescaling (by 1) and the special values'
+    fix-up leave the result as this computes it. A traced graph keeps the
+    `keras.ops` form: there the reduction's value is not known.
+    """
+    if not values_known() or not bool(activations.max() <= rescale_above):
+        return None
+    n = window.num_spatial_dims
+    x = _zero_pad(window, _channels_first(activations, window.data_format))
+    pool = _AVG_POOLS[n]
+    mean = pool(x, window.pool_size, window.strides)
+    mean_square = pool(x * x, window.pool_size, window.strides)
+    outputs = mean_square / torch.where(mean > 0, mean, 1)
+    return _as_data_format(outputs, window.data_format)
+
+
+def blur(blur, inputs, weights):
+    """A `Blur` of float `inputs` as one depthwise convolution with the
+    outer product of `weights` over the spatial dims, after padding them
+    all at once (kornia's `blur_pool2d`, with kpool's padding modes).
+
+    The `keras.ops` form runs one axis at a time through slices, whose
+    backward fills and copies whole tensors.
+    """
+    n = blur.num_spatial_dims
+    x = _channels_first(inputs, blur.data_format)
+    before, after = blur.pads
+    padding = 0
+    if blur.padding_mode in ("zero", "constant") and before == after:
+        padding = before
+    elif before or after:
+        mode = "constant"
+        if blur.padding_mode in ("reflect", "replicate"):
+            mode = blur.padding_mode
+        x = F.pad(x, (before, after) * n, mode=mode)
+    kernel = weights
+    for _ in range(n - 1):
+        kernel = np.multiply.outer(kernel, weights)
+    # A constant of known shape, as the ONNX exporter's tracer needs.
+    channels = int(x.shape[1])
+    kernel = np.broadcast_to(kernel, (channels, 1, *kernel.shape))
+    kernel = torch.as_tensor(
+        np.ascontiguousarray(kernel), dtype=x.dtype, device=x.device
+    )
+    outputs = _CONVS[n](
+        x, kernel, stride=blur.strides, padding=padding, groups=channels
+    )
+    return _as_data_format(outputs, blur.data_format)
+
+
+def order_statistics(window, inputs, select):
+    """`select(inputs)`: order statistics of each window of `inputs` (its
+    middle values, say), each a cell of the window or an infinite stand-in
+    for a padded one, with each gradient sent to the first cell of the
+    window that equals the value.
+
+    Through autograd the minima and maxima of a selection network cost
+    several passes each backward (they split ties); here the network runs
+    without it, one comparison per window offset finds the cell, and one
+    gather takes its gradient. An exported graph (no gradient) is the
+    `keras.ops` form's.
+    """
+    if not (torch.is_grad_enabled() and inputs.requires_grad):
+        return select(inputs)
+    with torch.no_grad():
+        values = select(inputs)
+    # Padded with NaN, which equals nothing.
+    padded = inputs
+    if window.padding == "same":
+        pads = window.same_pads(window.spatial_shape(inputs.shape))
+        if window.channels_last:
+            pads = [*pads, (0, 0)]
+        flat_pads = [p for pair in reversed(pads) for p in pair]
+        padded = F.pad(inputs, flat_pads, value=float("nan"))
+    return [_through_cell(window, padded, v) for v in values]
+
+
+def _through_cell(window, padded, value):
+    n = window.num_spatial_dims
+    first = 1 if window.channels_last else 2
+    spatial = padded.shape[first : first + n]
+    out = value.shape[first : first + n]
+    strides = [math.prod(spatial[d + 1 :]) for d in range(n)]
+    offsets = itertools.product(*(range(k) for k in window.pool_size))
+    found = torch.full(value.shape, -1, dtype=torch.int64, device=value.device)
+    with torch.no_grad():
+        for offset in reversed(list(offsets)):
+            cells = padded[
+                (slice(None),) * first
+                + tuple(
+                    slice(o, o + s * (m - 1) + 1, s)
+                    for o, s, m in zip(offset, window.strides, out, strict=True)
+                )
+            ]
+            flat = sum(o * t for o, t in zip(offset, strides, strict=True))
+            found = torch.where(cells == value, flat, found)
+        # The flat index of each window's first cell, plus the offset.
+        starts = 0
+        for d in range(n):
+            positions = np.arange(out[d]) * window.strides[d] * strides[d]
+            starts = np.add.outer(starts, positions)
+        index = found.clamp(min=0) + _output_constant(
+            window, starts, value.device
+        )
+    cells = padded.flatten(first, first + n - 1)
+    index = index.flatten(first, first + n - 1)
+    picked = cells.gather(first, index).reshape(value.shape)
+    return torch.where(found >= 0, picked, value)
+
+
+def _output_constant(window, array, device):
+    """A NumPy array of the output's spatial shape, broadcastable to it."""
+    shape = window.full_shape(array.shape, 1)
+    return torch.as_tensor(array.reshape(shape), device=device)
+
+
+def disjoint_soft_pool(window, inputs):
+    """SoftPool of windows that do not overlap, with the window maxima of
+    `F.max_pool2d` (1d, 3d) broadcast back over each window's cells by a
+    view, and the two window sums as `F.avg_pool2d`: the `keras.ops` form's
+    `m + sum((x - m) e) / sum(e)`, `e = exp(x - m)`, whose strided sums
+    cost 2x torch's average pooling here.
+    """
+    n = window.num_spatial_dims
+    outs = window.output_spatial_shape(inputs.shape)
+    x = _channels_first(inputs, window.data_format)
+    spatial = x.shape[2:]
+    pads = window.same_pads(spatial) if window.padding == "same" else None
+    # Each dim cropped or padded (with -inf, which weighs 0) to s * out.
+    pairs = []
+    for d in range(n):
+        before = pads[d][0] if pads else 0
+        length = window.strides[d] * outs[d]
+        x = x.narrow(2 + d, 0, min(spatial[d], length - before))
+        pairs.append((before, max(length - spatial[d] - before, 0)))
+    if any(before or after for before, after in pairs):
+        x = F.pad(
+            x,
+            [p for pair in reversed(pairs) for p in pair],
+            value=float("-inf"),
+        )
+    kernel, strides = window.pool_size, window.strides
+    with torch.no_grad():
+        if kernel == strides:
+            # One dim at a time through views: 6x as fast as max pooling,
+            # which finds indices too.
+            peak = x
+            for d in range(n):
+                shape = list(peak.shape)
+                shape[2 + d : 3 + d] = [outs[d], kernel[d]]
+                peak = peak.reshape(shape).amax(3 + d)
+        else:
+            peak = _MAX_POOLS[n](x, kernel, strides)
+    split = [x.shape[0], x.shape[1]]
+    broadcast = list(split)
+    for out, s in zip(outs, strides, strict=True):
+        split += [out, s]
+        broadcast += [out, 1]
+    # Cells between windows (strides > pool_size) are clipped to 0 too:
+    # their exponentials are read by nothing, and must not overflow.
+    shifted = (x.reshape(split) - peak.reshape(broadcast)).reshape(x.shape)
+    shifted = shifted.clamp(-1e4, 0.0)
+    exponentials = shifted.exp()
+    pool = _AVG_POOLS[n]
+    pooled = pool(shifted * exponentials, kernel, strides)
+    pooled = peak + pooled / pool(exponentials, kernel, strides)
+    pooled = torch.where(peak.isinf(), peak, pooled)
+    return _as_data_format(pooled, window.data_format)
+
+
+def take_rows(x, cells, axis, channels_last):
+    """`x`'s cells `cells` along `axis`, `cells` int `(rows, m)`: one row
+    for every example and channel (a gather of whole slices), or one per
+    example and channel, in that order. `keras.ops.take` and
+    `take_along_axis` first wrap negative indices, a pass over the whole
+    broadcast index, and `take` flattens it with `ravel`, which torch's
+    ONNX export lacks."""
+    cells = cells.long()
+    if cells.shape[0] == 1:
+        return x.index_select(axis, cells[0])
+    m = cells.shape[1]
+    batch = x.shape[0]
+    index = cells.reshape(batch, -1, m)
+    spread = [1] * x.ndim
+    spread[axis] = m
+    if channels_last:
+        spread[0], spread[-1] = batch, -1
+        index = index.transpose(1, 2).reshape(spread)
+    else:
+        spread[0], spread[1] = batch, -1
+        index = index.reshape(spread)
+    target = list(x.shape)
+    target[axis] = m
+    return x.gather(axis, index.expand(target))
+
+
+def gate_logits(window, padded, kernel):
+    """`gate_logits` as one grouped convolution (`F.conv2d`, 1d, 3d), one
+    kernel per channel, of a shape known when traced: torch's ONNX export
+    takes no convolution whose kernel shape it cannot see."""
+    n = window.num_spatial_dims
+    x = _channels_first(padded, window.data_format)
+    channels = int(x.shape[1])
+    if kernel.ndim == 1:
+        kernel = kernel[:, None].expand(-1, channels)
+    kernel = kernel.T.reshape(channels, 1, *window.pool_size)
+    logits = _CONVS[n](x, kernel, stride=window.strides, groups=channels)
+    return _as_data_format(logits, window.data_format)
+
+
+_FAST_PATHS = {
+    "adaptive_pool": adaptive_pool,
+    "blur": blur,
+    "disjoint_soft_pool": disjoint_soft_pool,
+    "gate_logits": gate_logits,
+    "lp_pool": lp_pool,
+    "max_pool_with_argmax": max_pool_with_argmax,
+    "max_unpool": max_unpool,
+    "order_statistics": order_statistics,
+    "stochastic_expectation": stochastic_expectation,
+    "take_rows": take_rows,
+    "value_range": value_range,
+}

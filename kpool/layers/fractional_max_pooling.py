@@ -1,6 +1,7 @@
 import numbers
 
 import keras
+import numpy as np
 from keras import ops as keras_ops
 
 from kpool import ops
@@ -137,11 +138,9 @@ class FractionalMaxPooling(keras.layers.Layer):
         if training:
             return self._pool(inputs, self.pseudo_random)
         if self.inference_draws == 1:
-            shape = keras_ops.shape(inputs)
-            channels = shape[-1 if self.windows.channels_last else 1]
-            samples = keras_ops.full(
-                (shape[0], channels, self.num_spatial_dims), 0.5
-            )
+            # One sequence for every example and channel: the op gathers
+            # whole slices.
+            samples = np.full((1, 1, self.num_spatial_dims), 0.5, "float32")
             return self._pool(inputs, True, samples)
         draws = [
             self._pool(inputs, self.pseudo_random)

@@ -5,9 +5,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from kpool import backend
 from kpool.ops.windows import (
     as_tensor,
     check_rank,
+    float_compute_dtype,
     standardize_data_format,
     standardize_tuple,
 )
@@ -93,7 +95,9 @@ class FractionalWindows:
         return self.data_format == "channels_last"
 
     def spatial_shape(self, shape):
-        return tuple(shape[1:-1] if self.channels_last else shape[2:])
+        # Python ints: torch's tracer (ONNX export) gives sizes as tensors.
+        spatial = shape[1:-1] if self.channels_last else shape[2:]
+        return tuple(None if n is None else int(n) for n in spatial)
 
     def output_spatial_shape(self, input_shape, caller):
         check_rank(input_shape, self.num_spatial_dims, self.data_format, caller)
@@ -226,6 +230,12 @@ def fractional_max_pool(
     overlap). Ties go to the first maximal cell in row-major order, as in
     torch. The spatial dims of `inputs` must be known.
 
+    Computed one spatial dim at a time, the last first: a max pooling of
+    stride 1 whose window is the shortest region's length `w`, then a
+    gather of the `ceil(longest / w)` windows that cover each region (one
+    with torch's windows) and their maximum. With `return_indices` every
+    cell of every region is gathered instead.
+
     Reference: Graham, "Fractional Max-Pooling", arXiv:1412.6071, 2014.
 
     Args:
@@ -239,7 +249,9 @@ def fractional_max_pool(
         overlapping: bool. Graham's overlapping regions (`pool_size=None`
             only).
         samples: `None` or a tensor `(batch, channels, num_spatial_dims)`
-            of floats in [0, 1): the pseudo-random sequences' `u`.
+            of floats in [0, 1): the pseudo-random sequences' `u`; or
+            `(1, 1, num_spatial_dims)`: one sequence per dim for every
+            example and channel (as at inference), pooled as whole slices.
         seed: int, `keras.random.SeedGenerator` or `None`, for what is
             drawn. Inside a compiled function pass a `SeedGenerator`.
         data_format: `"channels_last"`, `"channels_first"`, or `None` for
@@ -283,23 +295,24 @@ def fractional_max_pool(
             "fractional_max_pool needs the spatial dims of `inputs` to be "
             f"known. Received: inputs.shape={tuple(inputs.shape)}"
         )
-    x = inputs
-    if windows.channels_last:
-        x = ops.transpose(x, [0, rank + 1, *range(1, rank + 1)])
-    batch, channels = ops.shape(x)[0], ops.shape(x)[1]
-    rows = batch * channels
+    shape = ops.shape(inputs)
+    batch = shape[0]
+    channels = shape[-1 if windows.channels_last else 1]
     if samples is None and pseudo_random:
         samples = keras.random.uniform((batch, channels, rank), seed=seed)
+    shared = False
     if samples is not None:
-        samples = ops.reshape(ops.convert_to_tensor(samples), (-1, rank))
-    # Gather each dim's regions, `size` cells each (repeating a region's
-    # last cell where it is shorter), keeping the cells' input positions.
-    gathered = x
-    positions = []
-    sizes = []
+        samples = ops.convert_to_tensor(samples)
+        shared = tuple(samples.shape[:2]) == (1, 1)
+        if return_indices and shared:
+            samples = ops.broadcast_to(samples, (batch, channels, rank))
+            shared = False
+        samples = ops.reshape(ops.cast(samples, "float32"), (-1, rank))
+    rows = 1 if shared else batch * channels
+    # Each dim's regions: int32 (rows, m) starts and ends (exclusive).
+    bounds = []
     for d, (n, m) in enumerate(zip(spatial, outputs, strict=True)):
         k = None if windows.pool_size is None else windows.pool_size[d]
-        size = region_size(n, m, k, overlapping)
         keys = None
         if not pseudo_random:
             steps = m - 1 if k is not None else m
@@ -309,7 +322,92 @@ def fractional_max_pool(
             if samples is not None
             else ops.zeros((rows,), "float32")
         )
-        starts, ends = regions(n, m, k, overlapping, u, keys)
+        bounds.append(regions(n, m, k, overlapping, u, keys))
+    if return_indices:
+        return _pooled_with_indices(
+            inputs, windows, spatial, outputs, bounds, batch, channels
+        )
+    # The last dim first: ties then go to the first maximal cell in
+    # row-major order (each max pooling gives its first maximal cell the
+    # gradient, and each comparison below the earlier window).
+    # TensorFlow's CPU max pooling has no float16 3D kernel; maxima are
+    # exact in float32.
+    pooled = ops.cast(inputs, float_compute_dtype(inputs.dtype))
+    for d in reversed(range(rank)):
+        n, m = spatial[d], outputs[d]
+        starts, ends = bounds[d]
+        if windows.pool_size is not None:
+            width, count = windows.pool_size[d], 1
+        else:
+            # Every region holds at least `width` cells and at most `count`
+            # windows of them, which cover it, overlapping.
+            width = n // m
+            count = math.ceil(region_size(n, m, None, overlapping) / width)
+        axis = (1 if windows.channels_last else 2) + d
+        if width > 1:
+            sizes = [1] * rank
+            sizes[d] = width
+            pooled = ops.max_pool(
+                pooled,
+                tuple(sizes),
+                1,
+                "valid",
+                data_format=windows.data_format,
+            )
+        reduced = None
+        for j in range(count):
+            cells = ops.minimum(starts + j * width, ends - width)
+            chosen = _take_rows(pooled, cells, axis, shared, windows, batch)
+            if reduced is None:
+                reduced = chosen
+            else:
+                later = ops.logical_or(chosen > reduced, ops.isnan(chosen))
+                reduced = ops.where(later, chosen, reduced)
+        pooled = reduced
+    return ops.cast(pooled, inputs.dtype)
+
+
+def _take_rows(x, cells, axis, shared, windows, batch):
+    """`x`'s cells `cells` along `axis`: int32 `(rows, m)`, one row for
+    all examples and channels (`shared`) or one per example and channel."""
+    fast = backend.fast_path("take_rows", x)
+    if fast is not None:
+        return fast(x, cells, axis, windows.channels_last)
+    if shared:
+        # A gather of whole slices: no index per element.
+        return ops.take(x, ops.reshape(cells, (-1,)), axis=axis)
+    m = cells.shape[-1]
+    index = ops.reshape(cells, (batch, -1, m))
+    rank = windows.num_spatial_dims
+    spread = [1] * rank
+    spread[axis - (1 if windows.channels_last else 2)] = m
+    if windows.channels_last:
+        index = ops.reshape(ops.transpose(index, (0, 2, 1)), (batch, -1))
+        index = ops.reshape(index, (batch, *spread, -1))
+    else:
+        index = ops.reshape(index, (batch, -1, *spread))
+    target = list(ops.shape(x))
+    target[axis] = m
+    return ops.take_along_axis(x, ops.broadcast_to(index, target), axis=axis)
+
+
+def _pooled_with_indices(
+    inputs, windows, spatial, outputs, bounds, batch, channels
+):
+    """The pooled tensor and the flat index of each maximum, from every
+    cell of every region gathered (`size` cells each, repeating a region's
+    last cell where it is shorter), keeping the cells' input positions."""
+    rank = windows.num_spatial_dims
+    x = inputs
+    if windows.channels_last:
+        x = ops.transpose(x, [0, rank + 1, *range(1, rank + 1)])
+    gathered = x
+    positions = []
+    sizes = []
+    for d, (n, m) in enumerate(zip(spatial, outputs, strict=True)):
+        k = None if windows.pool_size is None else windows.pool_size[d]
+        size = region_size(n, m, k, windows.overlapping)
+        starts, ends = bounds[d]
         offsets = ops.arange(size, dtype="int32")
         cells = ops.minimum(starts[:, :, None] + offsets, ends[:, :, None] - 1)
         cells = ops.reshape(cells, (batch, channels, m, size))
@@ -335,10 +433,6 @@ def fractional_max_pool(
         ops.transpose(gathered, order), [batch, channels, *outputs, -1]
     )
     pooled = ops.max(gathered, axis=-1)
-    if windows.channels_last:
-        pooled = ops.transpose(pooled, [0, *range(2, rank + 2), 1])
-    if not return_indices:
-        return pooled
     flat = _flat_positions(positions, spatial, outputs, sizes)
     chosen = ops.argmax(ops.stop_gradient(gathered), axis=-1)
     indices = ops.take_along_axis(
@@ -347,6 +441,7 @@ def fractional_max_pool(
         axis=-1,
     )[..., 0]
     if windows.channels_last:
+        pooled = ops.transpose(pooled, [0, *range(2, rank + 2), 1])
         indices = ops.transpose(indices, [0, *range(2, rank + 2), 1])
     return pooled, ops.cast(indices, "int32")
 

@@ -64,11 +64,14 @@ def global_gem_pool(inputs, p=3.0, eps=1e-6, data_format=None, keepdims=False):
     dtype = keras.backend.standardize_dtype(inputs.dtype)
     compute_dtype = float_compute_dtype(dtype)
     p = ops.cast(p, compute_dtype)
+    inner_p = outer_p = p
     if len(p.shape):
-        p = window.broadcast_channels(p)
-    x = ops.maximum(ops.cast(inputs, compute_dtype), eps)
-    means = ops.mean(ops.power(x, p), axis=window.spatial_axes(), keepdims=True)
-    outputs = ops.power(means, 1 / p)
-    if not keepdims:
-        outputs = ops.squeeze(outputs, axis=window.spatial_axes())
-    return ops.cast(outputs, dtype)
+        inner_p = window.broadcast_channels(p)
+        if keepdims:
+            outer_p = inner_p
+    x = ops.clip(ops.cast(inputs, compute_dtype), eps, float("inf"))
+    # No squeeze: torch's ONNX export squeezes one axis at a time only.
+    means = ops.mean(
+        ops.power(x, inner_p), axis=window.spatial_axes(), keepdims=keepdims
+    )
+    return ops.cast(ops.power(means, 1 / outer_p), dtype)

@@ -4,6 +4,7 @@ import numbers
 import keras
 from keras import ops
 
+from kpool import backend
 from kpool.ops.windows import Window, as_tensor, float_compute_dtype
 
 
@@ -40,7 +41,9 @@ def lp_pool(
     defined for every input. `torch.nn.functional.lp_pool2d` sums `x**p`
     instead: the two agree wherever the inputs are non-negative or `p` is an
     even integer; for negative inputs torch gives NaN (fractional `p`, or an
-    odd `p` whose window sum is negative) or the signed sum (`p=1`).
+    odd `p` whose window sum is negative) or the signed sum (`p=1`). On
+    the torch backend kpool runs torch's own op where the two agree: on `x`
+    for an even `p`, on `|x|` otherwise.
 
     Under `"same"` the input is padded as `keras.ops.max_pool` pads it, with
     zeros, which add nothing to a sum: a border window's norm is that of its
@@ -80,7 +83,11 @@ def lp_pool(
     )
     window.check_fits(inputs.shape, "lp_pool")
     dtype = keras.backend.standardize_dtype(inputs.dtype)
-    x = ops.abs(ops.cast(inputs, float_compute_dtype(dtype)))
+    x = ops.cast(inputs, float_compute_dtype(dtype))
+    fast = backend.fast_path("lp_pool", inputs, window)
+    if fast is not None:
+        return ops.cast(fast(window, x, norm_type), dtype)
+    x = ops.abs(x)
     powers = x if norm_type == 1 else ops.power(x, norm_type)
     sums = window.window_means(window.zero_pad(powers)) * math.prod(
         window.pool_size

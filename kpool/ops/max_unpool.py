@@ -5,6 +5,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kpool import backend
 from kpool.ops.windows import (
     Window,
     as_tensor,
@@ -30,7 +31,9 @@ def max_pool_with_argmax(
     (height * width)` for `include_batch_in_index=True`.
 
     Under `"same"` a padded cell is never the maximum; with ties the first
-    maximal cell of the window in row-major order wins, as in torch.
+    maximal cell of the window in row-major order wins, as in torch. The
+    index of a window holding NaN is that of one of its cells (on torch,
+    of a NaN).
 
     Args:
         inputs: tensor of rank 3, 4 or 5, laid out as `data_format` says.
@@ -54,6 +57,9 @@ def max_pool_with_argmax(
         inputs, pool_size, strides, padding, data_format, "max_pool_with_argmax"
     )
     window.check_fits(inputs.shape, "max_pool_with_argmax")
+    fast = backend.fast_path("max_pool_with_argmax", inputs, window)
+    if fast is not None:
+        return fast(window, inputs)
     values = window.max_pool(inputs)
     spatial = window.spatial_shape(inputs.shape)
     padded = inputs
@@ -137,6 +143,16 @@ def max_unpool(
     `"same"`. `output_size` picks another size that pools to it (an odd one,
     say, as SegNet needs for an odd encoder map).
 
+    `indices` must be integers in `[0, prod(output spatial shape))`. Where
+    their values are known (eagerly, as torch runs Keras models by default)
+    one outside that range raises a `ValueError`, as
+    `torch.nn.functional.max_unpool2d` does. Inside a traced function
+    (`jax.jit`, `tf.function`, a Keras `fit` or `predict` on JAX or
+    TensorFlow, `torch.compile`, an export) they are not known when the
+    check would run: there such an index is dropped, its value reaching no
+    cell and getting a zero gradient. Indices of a non-integer dtype
+    always raise.
+
     Reference: Badrinarayanan, Kendall and Cipolla, "SegNet: A Deep
     Convolutional Encoder-Decoder Architecture for Image Segmentation",
     TPAMI 2017.
@@ -173,6 +189,12 @@ def max_unpool(
             f"indices.shape={tuple(indices.shape)}, "
             f"inputs.shape={tuple(inputs.shape)}"
         )
+    cells = math.prod(size)
+    checked = check_indices(indices, size)
+    # The backend's form needs indices in range.
+    fast = backend.fast_path("max_unpool", inputs, window) if checked else None
+    if fast is not None:
+        return fast(window, inputs, indices, size)
     dtype = keras.backend.standardize_dtype(inputs.dtype)
     if not window.channels_last:
         channels_first = inputs
@@ -183,13 +205,17 @@ def max_unpool(
         index_first = ops.transpose(indices, order)
     shape = ops.shape(channels_first)
     rows = shape[0] * shape[1]
-    cells = math.prod(size)
-    values = ops.reshape(channels_first, (-1,))
+    values = ops.reshape(channels_first, (rows, -1))
+    index = ops.reshape(index_first, (rows, -1))
+    if not checked:
+        # Traced: an index out of range would land in another example's or
+        # channel's cells, or be an error on some backends. It is dropped.
+        inside = ops.logical_and(index >= 0, index < cells)
+        values = ops.where(inside, values, ops.zeros_like(values))
+        index = ops.where(inside, index, ops.zeros_like(index))
     row_offsets = ops.reshape(ops.arange(rows, dtype="int32") * cells, (-1, 1))
-    segment_ids = ops.reshape(
-        ops.reshape(ops.cast(index_first, "int32"), (rows, -1)) + row_offsets,
-        (-1,),
-    )
+    segment_ids = ops.reshape(ops.cast(index, "int32") + row_offsets, (-1,))
+    values = ops.reshape(values, (-1,))
     unpooled = ops.segment_sum(values, segment_ids, num_segments=rows * cells)
     unpooled = ops.reshape(
         ops.cast(unpooled, dtype), (shape[0], shape[1], *size)
@@ -198,6 +224,47 @@ def max_unpool(
         n = window.num_spatial_dims
         unpooled = ops.transpose(unpooled, [0, *range(2, n + 2), 1])
     return unpooled
+
+
+def check_indices(indices, size):
+    """Raises unless `indices` are integers in `[0, prod(size))`.
+
+    The dtype is checked always, the values where they are known (see
+    `kpool.backend.values_known`). Returns whether the values were.
+    """
+    dtype = keras.backend.standardize_dtype(indices.dtype)
+    if not dtype.startswith(("int", "uint")):
+        raise ValueError(
+            "`indices` must be an integer tensor, the flat indices that "
+            f"max_pool_with_argmax returns. Received: indices.dtype={dtype}"
+        )
+    if not backend.values_known(indices):
+        return False
+    if 0 in tuple(indices.shape):
+        return True
+    cells = math.prod(size)
+    value_range = backend.fast_path("value_range", indices)
+    if value_range is not None:
+        lowest, highest = value_range(indices)
+    elif keras.config.backend() == "jax":
+        import jax
+
+        # Known indices inside a traced function (a constant the function
+        # closes over): reduced now, not traced.
+        with jax.ensure_compile_time_eval():
+            lowest, highest = int(ops.min(indices)), int(ops.max(indices))
+    else:
+        # On the host: an eager tensor a `tf.function` closes over is read
+        # here, where `ops.min` would add a graph op.
+        values = ops.convert_to_numpy(indices)
+        lowest, highest = int(values.min()), int(values.max())
+    if lowest < 0 or highest >= cells:
+        raise ValueError(
+            f"`indices` must be in [0, {cells}): flat indices into the "
+            f"output's {'x'.join(map(str, size))} spatial cells. Received: "
+            f"indices from {lowest} to {highest}"
+        )
+    return True
 
 
 def unpooled_spatial_shape(window, pooled_shape, output_size, caller=None):

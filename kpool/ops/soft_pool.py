@@ -1,7 +1,13 @@
 from keras import ops
 
+from kpool import backend
 from kpool.ops.window_cells import inside_mask, low_rank_windows
-from kpool.ops.windows import Window, as_tensor, float_compute_dtype
+from kpool.ops.windows import (
+    Window,
+    as_tensor,
+    float_compute_dtype,
+    unit_slice,
+)
 
 
 def soft_pool(
@@ -60,21 +66,82 @@ def soft_pool(
     window.check_fits(inputs.shape, "soft_pool")
     dtype = inputs.dtype
     x = ops.cast(inputs, float_compute_dtype(dtype))
-    cells = low_rank_windows(window, window.zero_pad(x))
-    inside = inside_mask(window, x.shape)
-    axis = window.window_axis
-    masked = ops.where(inside, cells, float("-inf"))
-    # y does not depend on m, so no gradient need flow through it.
-    peak = ops.stop_gradient(ops.max(masked, axis=axis, keepdims=True))
-    exponentials = ops.exp(masked - peak)  # exp(-inf) = 0 when padded
-    # Normalised before the product: a convex combination of the cells,
-    # which cannot overflow where a sum of exp * x near the float's range
-    # would.
-    weights = exponentials / ops.sum(exponentials, axis=axis, keepdims=True)
-    # A zero weight times x = -inf would be NaN; it contributes 0.
-    weighted = ops.where(weights == 0, 0.0, weights * cells)
-    pooled = ops.sum(weighted, axis=axis)
-    peak = ops.squeeze(peak, axis=axis)
-    # inf - inf is NaN: a window whose maximum is infinite returns it.
-    pooled = ops.where(ops.isinf(peak), peak, pooled)
+    disjoint = all(
+        s >= k for k, s in zip(window.pool_size, window.strides, strict=True)
+    )
+    fast = backend.fast_path("disjoint_soft_pool", x, window)
+    if disjoint and fast is not None:
+        pooled = fast(window, x)
+    elif disjoint and window.num_spatial_dims < 3:
+        pooled = _disjoint_soft_pool(window, x)
+    else:
+        cells = low_rank_windows(window, window.zero_pad(x))
+        masked = ops.where(inside_mask(window, x.shape), cells, float("-inf"))
+        pooled = soft_reduce(masked, [window.window_axis])
+        pooled = ops.squeeze(pooled, axis=window.window_axis)
     return ops.cast(pooled, dtype)
+
+
+def soft_reduce(cells, axes):
+    """SoftPool of `cells` over `axes` (kept, with length 1), where padded
+    cells are `-inf`.
+
+    `y = m + sum((x - m) e) / sum(e)`, `e = exp(x - m)`, with `m` the
+    window's maximum: the paper's `sum(x e) / sum(e)`, with every
+    exponential in (0, 1], the denominator at least 1 and `(x - m) e` at
+    least `-1 / e`, so nothing overflows. `x - m` is clipped at `-1e4`,
+    where `e` is 0 in every float type, so that `-inf` cells (padded ones
+    too) add `0 * -1e4` and not `0 * -inf`.
+    """
+    # y does not depend on m, so no gradient need flow through it.
+    peak = ops.stop_gradient(ops.max(cells, axis=axes, keepdims=True))
+    shifted = ops.maximum(cells - peak, -1e4)
+    exponentials = ops.exp(shifted)
+    pooled = ops.sum(shifted * exponentials, axis=axes, keepdims=True)
+    pooled = peak + pooled / ops.sum(exponentials, axis=axes, keepdims=True)
+    # inf - inf is NaN: a window whose maximum is infinite returns it.
+    return ops.where(ops.isinf(peak), peak, pooled)
+
+
+def _disjoint_soft_pool(window, x):
+    """SoftPool of windows that do not overlap (`strides >= pool_size`), in
+    one or two spatial dims: each dim split into `(out, s)` by a reshape,
+    so the windows are a view of the (padded) input, and the reduction
+    runs over the window axes of a tensor of rank 5 at most (TFLite's
+    limit)."""
+    spatial = window.spatial_shape(x.shape)
+    pads = window.same_pads(spatial) if window.padding == "same" else None
+    outs = window.output_spatial_shape(x.shape)
+    # Pad or crop each dim to `s * out` cells, padded cells `-inf`.
+    pairs, starts, sizes = [], [], []
+    for d, (n, s, out) in enumerate(
+        zip(spatial, window.strides, outs, strict=True)
+    ):
+        before = pads[d][0] if pads else 0
+        after = max(s * out - n - before, 0)
+        pairs.append((before, after))
+        starts.append(0)
+        sizes.append(s * out)
+    if any(before or after for before, after in pairs):
+        x = ops.pad(
+            x, window.full_shape(pairs, (0, 0)), constant_values=float("-inf")
+        )
+    for d, size in enumerate(sizes):
+        x = unit_slice(x, window.spatial_axes()[d], 0, size)
+    # (batch * out_0 [* channels], s_0, [out_1, s_1,] [channels]).
+    shape = list(ops.shape(x))
+    view = []
+    for out, s in zip(outs, window.strides, strict=True):
+        view += [out, s]
+    view[0] = -1
+    if window.channels_last:
+        view.append(shape[-1])
+    cells = ops.reshape(x, view)
+    axes = [1 + 2 * d for d in range(window.num_spatial_dims)]
+    for axis, k in zip(axes, window.pool_size, strict=True):
+        cells = unit_slice(cells, axis, 0, k)
+    pooled = soft_reduce(cells, axes)
+    shape[0] = -1
+    for axis, out in zip(window.spatial_axes(), outs, strict=True):
+        shape[axis] = out
+    return ops.reshape(pooled, shape)

@@ -1,8 +1,8 @@
 import numbers
 
-import keras
 from keras import ops
 
+from kpool import backend
 from kpool.ops.windows import Window, as_tensor
 
 MODES = ("max", "average")
@@ -59,11 +59,13 @@ def spatial_pyramid_pool(inputs, bins=(1, 2, 4), mode="max", data_format=None):
     Bin `i` of `b` along a dim of size `n` covers cells
     `floor(i * n / b)` to `ceil((i + 1) * n / b) - 1`, as in
     `keras.ops.adaptive_max_pool` and `torch.nn.AdaptiveMaxPool2d`, which
-    pool each level on torch where the spatial size is known. Elsewhere,
+    pools every level on torch where the spatial size is known. Elsewhere,
     and for sizes known only at run time (a TensorFlow graph traced for
     images of any size), the bins are masked reductions: faster on JAX,
     and on TensorFlow free of Keras 3.15's NaN gradients of adaptive max
-    pooling for small grids. The 1x1 level is a global max or mean.
+    pooling for small grids; the 1x1 level is a global max or mean. Where
+    a bin's maximum is tied, torch's kernel passes the gradient to one of
+    the tied cells and the reductions share it among them.
 
     Reference: He, Zhang, Ren and Sun, "Spatial Pyramid Pooling in Deep
     Convolutional Networks for Visual Recognition", ECCV 2014.
@@ -95,27 +97,22 @@ def spatial_pyramid_pool(inputs, bins=(1, 2, 4), mode="max", data_format=None):
         )
     channels = inputs.shape[window.channel_axis]
     static = all(n is not None for n in window.spatial_shape(inputs.shape))
-    # Keras 3.15's adaptive pooling is torch's own kernel on torch; on JAX
-    # it is about 15 times slower than these masked reductions (forward and
-    # backward, CPU), and on TensorFlow its max pooling has NaN gradients
-    # for small grids (1x2, say).
-    builtin = static and keras.config.backend() == "torch"
+    # torch's adaptive pooling, where the backend has it. Keras 3.15's
+    # `adaptive_max_pool` is about 15 times slower than these masked
+    # reductions on JAX (forward and backward, CPU), and on TensorFlow its
+    # max pooling has NaN gradients for small grids (1x2, say).
+    fast = backend.fast_path("adaptive_pool", inputs) if static else None
     levels = []
     for level in bins:
-        if level == (1, 1):
+        if fast is not None:
+            pooled = fast(inputs, level, mode, window.data_format)
+        elif level == (1, 1):
             reduce = ops.max if mode == "max" else ops.mean
             pooled = reduce(inputs, axis=window.spatial_axes(), keepdims=True)
-        elif builtin:
-            pooled = _adaptive_pool(inputs, level, mode, window.data_format)
         else:
             pooled = dynamic_adaptive_pool(inputs, level, mode, window)
         levels.append(ops.reshape(pooled, (-1, channels * level[0] * level[1])))
     return levels[0] if len(levels) == 1 else ops.concatenate(levels, axis=-1)
-
-
-def _adaptive_pool(inputs, output_size, mode, data_format):
-    pool = ops.adaptive_max_pool if mode == "max" else ops.adaptive_average_pool
-    return pool(inputs, output_size, data_format=data_format)
 
 
 def dynamic_adaptive_pool(inputs, output_size, mode, window):

@@ -76,12 +76,23 @@ def stochastic_pool(
     dtype = keras.backend.standardize_dtype(inputs.dtype)
     compute_dtype = dtype if dtype in ("float32", "float64") else "float32"
     activations = ops.relu(ops.cast(inputs, compute_dtype))
-    scale = _scale(window, activations)
     if training:
-        outputs = sample(window, activations, scale, seed)
+        outputs = sample(window, activations, _scale(window, activations), seed)
     else:
-        outputs = expectation(window, activations, scale)
+        outputs = _fast_expectation(window, activations)
+        if outputs is None:
+            scale = _scale(window, activations)
+            outputs = expectation(window, activations, scale)
     return ops.cast(outputs, dtype)
+
+
+def _fast_expectation(window, activations):
+    """The backend's `expectation` for activations that need no rescaling
+    (it tells by their values, so it runs eagerly), or `None`."""
+    fast = backend.fast_path("stochastic_expectation", activations, window)
+    if fast is None:
+        return None
+    return fast(window, activations, _RESCALE_ABOVE)
 
 
 def _scale(window, activations):

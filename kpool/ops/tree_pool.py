@@ -78,7 +78,8 @@ def tree_pool(
     leaves, gates = _check_kernels(
         window, leaf_kernels, gate_kernels, channels, x.dtype
     )
-    num_leaves = leaves.shape[1]
+    # A Python int: torch's tracer (ONNX export) gives sizes as tensors.
+    num_leaves = int(leaves.shape[1])
     kernel = leaves if gates is None else ops.concatenate([leaves, gates], 1)
     cells = low_rank_windows(window, window.zero_pad(x))
     # One contraction gives every leaf's and gate's response: node axis n.
@@ -108,7 +109,7 @@ def _check_kernels(window, leaf_kernels, gate_kernels, channels, dtype):
             "(prod(pool_size), leaves, channels). Received: leaf_kernels=None"
         )
     leaves = ops.cast(leaf_kernels, dtype)
-    shape = tuple(leaves.shape)
+    shape = tuple(int(n) for n in leaves.shape)
     num_leaves = shape[1] if len(shape) in (2, 3) else 0
     if (
         len(shape) not in (2, 3)
@@ -127,7 +128,7 @@ def _check_kernels(window, leaf_kernels, gate_kernels, channels, dtype):
         return leaves, None
     expected = (cells, num_leaves - 1, *shape[2:])
     gates = None if gate_kernels is None else ops.cast(gate_kernels, dtype)
-    if gates is None or tuple(gates.shape) != expected:
+    if gates is None or tuple(int(n) for n in gates.shape) != expected:
         raise ValueError(
             f"`gate_kernels` must have shape {expected}: one gate per "
             f"internal node of a tree with {num_leaves} leaves, shared or "

@@ -5,7 +5,9 @@ pooling must instead leave them out. `inside_cells` says where they are, a
 constant of the shapes computed in NumPy, so it costs nothing at run time
 and is the same eagerly, in `jit` and in an exported graph.
 `low_rank_windows` builds `Window.windows`'s tensor from tensors of rank 5
-at most, so that exported models run on TFLite too.
+at most, so that exported models run on TFLite too; `window_slots` gives
+the same cells as one tensor per window offset, for ops that combine them
+elementwise.
 """
 
 import math
@@ -103,3 +105,56 @@ def low_rank_windows(window, padded):
     if channels_first:
         return ops.reshape(tensor, (-1, shape[1], *outs, window_size))
     return ops.reshape(tensor, (-1, *outs, window_size, suffix))
+
+
+def offset_slices(window, tensor, dim):
+    """The cells `t * s + o` along spatial dim `dim` of `tensor`, for each
+    output `t` and each window offset `o < k` (`k`, `s` that dim's window
+    size and stride): `k` tensors shaped like `tensor` but for that dim, of
+    the output's length.
+
+    `tensor` is zero-padded as `Window.windows` takes it. As in
+    `low_rank_windows`, the dim is cut out of a view `(outer, n, inner)`
+    split into `(out + q, s)`, so that each offset is a unit-stride slice of
+    a tensor of rank 4.
+    """
+    k, s = window.pool_size[dim], window.strides[dim]
+    axis = window.spatial_axes()[dim]
+    shape = list(ops.shape(tensor))
+    n = int(tensor.shape[axis])
+    inner = math.prod(shape[axis + 1 :])
+    out = (n - k) // s + 1
+    length = s * (out + (k - 1) // s)
+    view = ops.reshape(tensor, (-1, n, inner))
+    if length > n:
+        view = ops.pad(view, [(0, 0), (0, length - n), (0, 0)])
+    elif length < n:
+        view = unit_slice(view, 1, 0, length)
+    view = ops.reshape(view, (-1, length // s, s, inner))
+    shape[0] = -1
+    shape[axis] = out
+    return [
+        ops.reshape(
+            unit_slice(unit_slice(view, 1, o // s, out), 2, o % s, 1), shape
+        )
+        for o in range(k)
+    ]
+
+
+def window_slots(window, tensor, dims=None):
+    """`offset_slices` along each of `dims` (all spatial dims by default)
+    in turn: one tensor per window offset, in the windows' row-major order,
+    each of the output's shape along `dims`.
+
+    With all dims, slot `j` holds cell `j` of every window: the same values
+    as `Window.windows(tensor)` along its window axis.
+    """
+    dims = range(window.num_spatial_dims) if dims is None else dims
+    slots = [tensor]
+    for dim in dims:
+        slots = [
+            piece
+            for slot in slots
+            for piece in offset_slices(window, slot, dim)
+        ]
+    return slots

@@ -152,9 +152,9 @@ class Window:
         return list(range(first, first + self.num_spatial_dims))
 
     def spatial_shape(self, shape):
-        if self.channels_last:
-            return tuple(shape[1:-1])
-        return tuple(shape[2:])
+        # Python ints: torch's tracer (ONNX export) gives sizes as tensors.
+        spatial = shape[1:-1] if self.channels_last else shape[2:]
+        return tuple(None if n is None else int(n) for n in spatial)
 
     def full_shape(self, spatial_entries, other_entry):
         """Places per-spatial-dim entries among batch and channel entries."""

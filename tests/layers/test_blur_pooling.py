@@ -23,6 +23,10 @@ from .assertions import (
     to_format,
     windows,
 )
+from .fast_paths import (
+    assert_same_outputs_and_gradients,
+    skip_without_fast_path,
+)
 
 BLURS = {
     1: layers.BlurPooling1D,
@@ -185,6 +189,41 @@ def test_depthwise_form_matches_the_sliced_form(rng, filter_size, stride):
             rtol=1e-6,
             atol=1e-6,
         )
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "zero"])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("filter_size", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("data_format", FORMATS)
+def test_fast_path_matches_keras_ops_form(
+    monkeypatch, rng, rank, data_format, filter_size, stride, padding_mode
+):
+    # torch blurs every axis at once, one depthwise convolution.
+    skip_without_fast_path("blur")
+    spatial = {1: (9,), 2: (9, 8), 3: (7, 6, 5)}[rank]
+    x = sample(rng, rank, data_format, spatial)
+    assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: ops.blur_pool(
+            x, filter_size, stride, padding_mode, data_format
+        ),
+        x,
+        rng,
+    )
+
+
+def test_max_blur_fast_path_matches_keras_ops_form(monkeypatch, rng):
+    skip_without_fast_path("blur")
+    x = sample(rng, 2, "channels_first", (10, 9))
+    assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: ops.max_blur_pool(
+            x, 2, 2, 3, padding_mode="zero", data_format="channels_first"
+        ),
+        x,
+        rng,
+    )
 
 
 def shift_change(pooling, x):

@@ -12,6 +12,10 @@ import kpool
 from kpool import layers
 from kpool.ops.fractional_max_pool import boundaries
 
+from .fast_paths import (
+    assert_same_outputs_and_gradients,
+    skip_without_fast_path,
+)
 from .gradients import layer_gradients
 from .saving import assert_reloads_from_keras_file
 from .torch_reference import from_channels_first, to_channels_first
@@ -92,8 +96,11 @@ def test_values_indices_and_gradients_match_torch(
     np.testing.assert_array_equal(
         indices, from_channels_first(expected_indices.numpy(), data_format)
     )
+    # Where regions overlap, a cell's gradient is a sum, in another order.
     np.testing.assert_allclose(
-        gradient, from_channels_first(x_torch.grad.numpy(), data_format)
+        gradient,
+        from_channels_first(x_torch.grad.numpy(), data_format),
+        rtol=1e-6,
     )
 
 
@@ -284,3 +291,122 @@ class FractionalMaxPoolingContractTest(testing.TestCase):
                 expected_num_seed_generators=1,
                 assert_built_after_instantiation=True,
             )
+
+
+def test_ties_give_the_gradient_to_the_first_maximum_as_torch(rng):
+    # Few distinct values: most regions hold several maxima. Each step
+    # pools the last dim first, so the gradient goes to the first maximal
+    # cell in row-major order, as torch's does.
+    x = rng.integers(0, 3, (2, 11, 13, 3)).astype("float32")
+    samples = rng.uniform(size=(2, 3, 2)).astype("float32")
+
+    class Pool(keras.layers.Layer):
+        def call(self, x):
+            return kpool.ops.fractional_max_pool(
+                x, output_size=(6, 7), pool_size=3, samples=samples
+            )
+
+    upstream = rng.uniform(1, 2, (2, 6, 7, 3)).astype("float32")
+    values, gradient, _ = layer_gradients(Pool(), x, upstream)
+    x_torch = torch.tensor(to_channels_first(x, "channels_last").copy())
+    x_torch.requires_grad_(True)
+    expected = F.fractional_max_pool2d(
+        x_torch,
+        3,
+        output_size=(6, 7),
+        _random_samples=torch.tensor(torch_samples(samples, 2)),
+    )
+    weights = torch.tensor(to_channels_first(upstream, "channels_last").copy())
+    (expected * weights).sum().backward()
+    np.testing.assert_array_equal(
+        values, from_channels_first(expected.detach().numpy(), "channels_last")
+    )
+    np.testing.assert_allclose(
+        gradient,
+        from_channels_first(x_torch.grad.numpy(), "channels_last"),
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("overlapping", [False, True])
+def test_graham_region_gradients_reach_each_first_maximum(rng, overlapping):
+    # 25 cells to 9 outputs: regions of 2 or 3 cells (3 or 4 overlapping),
+    # each the maximum of 2 stride-1 windows of 2 cells; 22 to 10: regions
+    # of 2 or 3 cells (3 or 4 overlapping).
+    x = rng.integers(0, 4, (1, 25, 22, 2)).astype("float32")
+    samples = rng.uniform(size=(1, 2, 2)).astype("float32")
+    outputs = (9, 10)
+
+    class Pool(keras.layers.Layer):
+        def call(self, x):
+            return kpool.ops.fractional_max_pool(
+                x, output_size=outputs, samples=samples, overlapping=overlapping
+            )
+
+    upstream = rng.uniform(1, 2, (1, *outputs, 2)).astype("float32")
+    values, gradient, _ = layer_gradients(Pool(), x, upstream)
+    expected = np.zeros_like(x)
+    for c in range(2):
+        cuts = [
+            numpy_boundaries(n, m, np.float32(samples[0, c, d]))
+            for d, (n, m) in enumerate(zip((25, 22), outputs, strict=True))
+        ]
+        for i, j in itertools.product(*(range(m) for m in outputs)):
+            rows = range(cuts[0][i], min(cuts[0][i + 1] + overlapping, 25))
+            columns = range(cuts[1][j], min(cuts[1][j + 1] + overlapping, 22))
+            region = x[0, rows.start : rows.stop, columns.start : columns.stop]
+            r, q = np.unravel_index(np.argmax(region[..., c]), region.shape[:2])
+            assert values[0, i, j, c] == region[r, q, c]
+            expected[0, rows.start + r, columns.start + q, c] += upstream[
+                0, i, j, c
+            ]
+    np.testing.assert_allclose(gradient, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("data_format", DATA_FORMATS)
+@pytest.mark.parametrize("pool", [None, 2])
+def test_one_sequence_for_all_is_the_same_sequence_for_each(
+    rng, data_format, pool
+):
+    # (1, 1, rank) samples gather whole slices; broadcast to (batch,
+    # channels, rank) they gather per example and channel.
+    x = inputs(rng, 2, data_format)
+    shared = rng.uniform(size=(1, 1, 2)).astype("float32")
+
+    def pool_with(samples):
+        class Pool(keras.layers.Layer):
+            def call(self, x):
+                return kpool.ops.fractional_max_pool(
+                    x,
+                    output_ratio=0.6,
+                    pool_size=pool,
+                    samples=samples,
+                    data_format=data_format,
+                )
+
+        return Pool()
+
+    upstream = rng.uniform(1, 2, pool_with(shared)(x).shape).astype("float32")
+    values, gradient, _ = layer_gradients(pool_with(shared), x, upstream)
+    each = np.broadcast_to(shared, (2, 3, 2)).copy()
+    expected, expected_gradient, _ = layer_gradients(
+        pool_with(each), x, upstream
+    )
+    np.testing.assert_array_equal(values, expected)
+    np.testing.assert_array_equal(gradient, expected_gradient)
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+@pytest.mark.parametrize("shared", [False, True])
+def test_fast_path_matches_keras_ops_form(monkeypatch, rng, rank, shared):
+    skip_without_fast_path("take_rows")
+    x = inputs(rng, rank, "channels_last")
+    samples = rng.uniform(size=(1, 1, rank) if shared else (2, 3, rank))
+    assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: kpool.ops.fractional_max_pool(
+            x, output_ratio=0.7, samples=samples.astype("float32")
+        ),
+        x,
+        rng,
+    )

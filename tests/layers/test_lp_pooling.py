@@ -10,6 +10,10 @@ import kpool
 from kpool import layers
 
 from .cases import WINDOW_CASES, input_shape, random_input, window_args
+from .fast_paths import (
+    assert_same_outputs_and_gradients,
+    skip_without_fast_path,
+)
 from .gradients import layer_gradients
 from .saving import assert_reloads_from_keras_file
 from .torch_reference import value_and_gradient
@@ -97,6 +101,45 @@ def test_values_and_gradients_match_torch(
     np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
         input_gradient, expected_gradient, rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("norm_type", [1, 1.5, 2, 3, 4])
+@pytest.mark.parametrize(
+    "rank, padding, data_format, pool, stride", WINDOW_CASES
+)
+def test_fast_path_matches_keras_ops_form(
+    monkeypatch, rng, rank, padding, data_format, pool, stride, norm_type
+):
+    # torch's own lp_pool: on x for an even p, on |x| for any other.
+    skip_without_fast_path("lp_pool")
+    args = window_args(rank, padding, data_format, pool, stride)
+    x = random_input(rng, rank, data_format)
+    # Zeros at the start of each spatial dim: windows of zeros too.
+    first = (slice(None),) * (1 if data_format == "channels_last" else 2)
+    x[(*first, *(slice(0, 3),) * rank)] = 0.0
+    assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: kpool.ops.lp_pool(x, norm_type, **args),
+        x,
+        rng,
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("size", [5, 6, 7, 8])
+@pytest.mark.parametrize("pool, stride", [(2, 2), (3, 2), (2, 3), (4, 3)])
+def test_fast_path_pads_same_as_keras(monkeypatch, rng, size, pool, stride):
+    skip_without_fast_path("lp_pool")
+    x = rng.standard_normal((2, 3, size, size + 1)).astype("float32")
+    assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: kpool.ops.lp_pool(
+            x, 2, pool, stride, "same", "channels_first"
+        ),
+        x,
+        rng,
+        rtol=1e-5,
     )
 
 

@@ -6,9 +6,13 @@ import torch.nn.functional as F
 from keras.src import testing
 
 import kpool
-from kpool import layers
+from kpool import backend, layers
 
 from .cases import input_shape, random_input
+from .fast_paths import (
+    assert_same_outputs_and_gradients,
+    skip_without_fast_path,
+)
 from .gradients import layer_gradients
 from .saving import assert_reloads_from_keras_file
 from .torch_reference import from_channels_first, to_channels_first
@@ -169,6 +173,205 @@ def test_argmax_gradient_reaches_each_maximum(rng):
     np.testing.assert_allclose(
         gradient, np.moveaxis(x_torch.grad.numpy(), 1, -1), rtol=1e-6
     )
+
+
+def argmax_indices_both_ways(monkeypatch, x, *args):
+    """The indices of `max_pool_with_argmax`, by the fast path and by the
+    keras.ops form."""
+    fast = kpool.ops.max_pool_with_argmax(x, *args)[1]
+    with monkeypatch.context() as patch:
+        patch.setattr(backend, "fast_path", lambda *args, **kwargs: None)
+        generic = kpool.ops.max_pool_with_argmax(x, *args)[1]
+    for indices in (fast, generic):
+        assert keras.backend.standardize_dtype(indices.dtype) == "int32"
+    return keras.ops.convert_to_numpy(fast), keras.ops.convert_to_numpy(generic)
+
+
+def assert_argmax_fast_path_matches(monkeypatch, rng, x, *args):
+    assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: kpool.ops.max_pool_with_argmax(x, *args)[0],
+        x,
+        rng,
+        rtol=0,
+        atol=0,
+    )
+    np.testing.assert_array_equal(
+        *argmax_indices_both_ways(monkeypatch, x, *args)
+    )
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("pool, stride, padding, data_format", CASES)
+def test_argmax_fast_path_matches_keras_ops_form(
+    monkeypatch, rng, rank, pool, stride, padding, data_format
+):
+    # torch's max pooling with indices, padded symmetrically (and one cell
+    # more after by ceil_mode) where Keras pads "same".
+    skip_without_fast_path("max_pool_with_argmax")
+    x = random_input(rng, rank, data_format)
+    assert_argmax_fast_path_matches(
+        monkeypatch, rng, x, pool, stride, padding, data_format
+    )
+
+
+@pytest.mark.parametrize("size", [5, 6, 7, 8])
+@pytest.mark.parametrize(
+    "pool, stride", [(1, 2), (2, 2), (3, 2), (2, 3), (4, 3), (3, 1), (5, 2)]
+)
+def test_argmax_fast_path_pads_same_as_keras(
+    monkeypatch, rng, size, pool, stride
+):
+    skip_without_fast_path("max_pool_with_argmax")
+    x = rng.standard_normal((2, 3, size, size + 1)).astype("float32")
+    assert_argmax_fast_path_matches(
+        monkeypatch, rng, x, pool, stride, "same", "channels_first"
+    )
+
+
+def test_argmax_fast_path_takes_the_first_of_tied_maxima(monkeypatch, rng):
+    skip_without_fast_path("max_pool_with_argmax")
+    x = rng.integers(0, 3, (2, 7, 6, 3)).astype("float32")
+    for padding in ("valid", "same"):
+        np.testing.assert_array_equal(
+            *argmax_indices_both_ways(
+                monkeypatch, x, 3, 2, padding, "channels_last"
+            )
+        )
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("pool, stride, padding, data_format", CASES)
+def test_unpool_fast_path_matches_keras_ops_form(
+    monkeypatch, rng, rank, pool, stride, padding, data_format
+):
+    # One scatter_add per example and channel; maxima shared by
+    # overlapping windows add up both ways.
+    skip_without_fast_path("max_unpool")
+    x = rng.integers(0, 4, input_shape(rank, data_format)).astype("float32")
+    values, indices = kpool.ops.max_pool_with_argmax(
+        x, pool, stride, padding, data_format
+    )
+    spatial = input_shape(rank, "channels_last")[1:-1]
+    outputs = assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda values: kpool.ops.max_unpool(
+            values,
+            indices,
+            pool,
+            stride,
+            padding,
+            output_size=spatial,
+            data_format=data_format,
+        ),
+        keras.ops.convert_to_numpy(values) + rng.uniform(0, 1, values.shape),
+        rng,
+    )
+    assert outputs.shape == x.shape
+
+
+def bad_indices(case):
+    """Indices for a 2x2 pooling of a (1, 4, 4, 1) input: flat positions
+    in its 16 cells, one of them bad as `case` says."""
+    indices = np.array([0, 2, 8, 10], "int32").reshape(1, 2, 2, 1)
+    if case == "too large":
+        indices[0, 1, 1, 0] = 16
+    elif case == "negative":
+        indices[0, 0, 1, 0] = -1
+    elif case == "float":
+        indices = indices.astype("float32")
+    return indices
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("too large", r"`indices` must be in \[0, 16\).*from 0 to 16"),
+        ("negative", r"`indices` must be in \[0, 16\).*from -1 to 10"),
+        ("float", "`indices` must be an integer tensor.*float32"),
+    ],
+)
+def test_bad_indices_raise_eagerly(case, message):
+    values = np.ones((1, 2, 2, 1), "float32")
+    indices = keras.ops.convert_to_tensor(bad_indices(case))
+    with pytest.raises(ValueError, match=message):
+        kpool.ops.max_unpool(values, indices, 2)
+    with pytest.raises(ValueError, match=message):
+        layers.MaxUnpooling2D(2)(values, indices)
+
+
+def traced(function):
+    """`function` traced as Keras traces a train step (on torch, as its
+    ONNX export traces a model)."""
+    backend_name = keras.backend.backend()
+    if backend_name == "jax":
+        import jax
+
+        return jax.jit(function)
+    if backend_name == "torch":
+
+        def trace_and_run(*args):
+            tensors = [torch.as_tensor(a) for a in args]
+            graph = torch.jit.trace(function, tensors, check_trace=False)
+            return graph(*tensors)
+
+        return trace_and_run
+    import tensorflow as tf
+
+    return tf.function(function)
+
+
+@pytest.mark.parametrize("case", ["too large", "negative"])
+def test_out_of_range_indices_are_dropped_when_traced(case):
+    values = np.arange(1, 5, dtype="float32").reshape(1, 2, 2, 1)
+    indices = bad_indices(case)
+    outputs = traced(lambda v, i: kpool.ops.max_unpool(v, i, 2))(
+        values, indices
+    )
+    expected = np.zeros(16, "float32")
+    for value, index in zip(values.ravel(), indices.ravel(), strict=True):
+        if 0 <= index < 16:
+            expected[index] += value
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(outputs), expected.reshape(1, 4, 4, 1)
+    )
+
+
+@pytest.mark.parametrize("case", ["in range", "too large"])
+def test_known_indices_inside_a_traced_function(case):
+    # A decoder whose indices are a constant the traced function closes
+    # over: their values are known, so a bad one raises and a good one
+    # unpools, as eagerly.
+    values = np.arange(1, 5, dtype="float32").reshape(1, 2, 2, 1)
+    if case == "in range":
+        indices = np.array([0, 5, 10, 15], "int32").reshape(1, 2, 2, 1)
+    else:
+        indices = bad_indices(case)
+    indices = keras.ops.convert_to_tensor(indices)
+    unpool = traced(lambda v: kpool.ops.max_unpool(v, indices, 2))
+    if case == "too large":
+        if keras.backend.backend() == "torch":
+            pytest.skip(
+                "torch's tracer reads no values (an export): there a bad "
+                "index is dropped, as test_out_of_range_indices_are_dropped_"
+                "when_traced checks"
+            )
+        with pytest.raises(ValueError, match=r"`indices` must be in \[0, 16\)"):
+            unpool(values)
+        return
+    expected = np.zeros(16, "float32")
+    expected[[0, 5, 10, 15]] = [1, 2, 3, 4]
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(unpool(values)), expected.reshape(1, 4, 4, 1)
+    )
+
+
+def test_float_indices_raise_when_traced():
+    values = np.ones((1, 2, 2, 1), "float32")
+    with pytest.raises(ValueError, match="`indices` must be an integer"):
+        traced(lambda v, i: kpool.ops.max_unpool(v, i, 2))(
+            values, bad_indices("float")
+        )
 
 
 def test_default_output_size_inverts_the_pooling():

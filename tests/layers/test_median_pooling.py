@@ -1,6 +1,8 @@
 """MedianPooling1D/2D/3D: numpy.median of each window."""
 
+import importlib
 import itertools
+import math
 
 import keras
 import numpy as np
@@ -19,6 +21,12 @@ from .assertions import (
     to_format,
     windows,
 )
+from .fast_paths import (
+    assert_same_outputs_and_gradients,
+    skip_without_fast_path,
+)
+
+median_module = importlib.import_module("kpool.ops.median_pool")
 
 MEDIANS = {
     1: layers.MedianPooling1D,
@@ -193,3 +201,85 @@ class MedianPoolingContractTest(testing.TestCase):
             supports_masking=False,
             assert_built_after_instantiation=True,
         )
+
+
+# One parameter, not a grid: every backend runs every case.
+MEDIAN_PATH_CASES = [
+    pytest.param(case, id="{}d-{}-{}-{}s{}".format(*case))
+    for case in (
+        (2, "same", "channels_last", 3, 1),
+        (2, "same", "channels_first", 2, 2),
+        (2, "valid", "channels_last", 4, 3),
+        (1, "same", "channels_first", 5, 2),
+        (3, "same", "channels_last", 2, 1),
+    )
+]
+
+
+@pytest.mark.parametrize("case", MEDIAN_PATH_CASES)
+def test_selection_network_matches_the_sort(monkeypatch, rng, case):
+    rank, padding, data_format, pool, stride = case
+    # Windows of up to 27 cells take the selection network; without it
+    # every window is sorted. Values and gradients must agree.
+    args = {
+        "pool_size": pool,
+        "strides": stride,
+        "padding": padding,
+        "data_format": data_format,
+    }
+    x = sample(rng, rank, data_format, SPATIAL[rank])
+    layer = MEDIANS[rank](**args)
+    upstream = rng.uniform(0.5, 1.5, layer.compute_output_shape(x.shape))
+    upstream = upstream.astype("float32")
+    outputs, gradient, _ = gradients(layer, x, upstream)
+    with monkeypatch.context() as patch:
+        patch.setattr(median_module, "selection_network", lambda *args: None)
+        expected, expected_gradient, _ = gradients(layer, x, upstream)
+    np.testing.assert_array_equal(outputs, expected)
+    np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", MEDIAN_PATH_CASES)
+def test_fast_path_matches_keras_ops_form(monkeypatch, rng, case):
+    rank, padding, data_format, pool, stride = case
+    skip_without_fast_path("order_statistics")
+    x = sample(rng, rank, data_format, SPATIAL[rank])
+    assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: ops.median_pool(x, pool, stride, padding, data_format),
+        x,
+        rng,
+    )
+
+
+@pytest.mark.parametrize(
+    "pool_size, positions",
+    [((3,), (1, 2)), ((2, 2), (1, 2)), ((3, 3), (4,)), ((5, 5), (12, 13))],
+)
+def test_selection_network_selects(rng, pool_size, positions):
+    # Run on NumPy arrays: the wires of `positions` hold those positions
+    # of the sorted cells, for random cells and for cells with ties.
+    network = median_module.selection_network(pool_size, positions)
+    assert network is not None
+    column_stage, merge_stage, outputs = network
+    assert outputs == positions
+    rows, size = pool_size[0], math.prod(pool_size)
+    columns = size // rows
+    for cells in (
+        rng.standard_normal((size, 200)),
+        rng.integers(0, 3, (size, 200)).astype("float64"),
+    ):
+        wires = list(cells)
+        expanded = [
+            (r * columns + q, t * columns + q, low, high)
+            for r, t, low, high in column_stage
+            for q in range(columns)
+        ]
+        for i, j, low, high in expanded + list(merge_stage):
+            wires[i], wires[j] = (
+                np.minimum(wires[i], wires[j]) if low else wires[i],
+                np.maximum(wires[i], wires[j]) if high else wires[j],
+            )
+        ordered = np.sort(cells, axis=0)
+        for p in positions:
+            np.testing.assert_array_equal(wires[p], ordered[p])

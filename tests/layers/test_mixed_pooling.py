@@ -5,9 +5,14 @@ import numpy as np
 import pytest
 import reference
 
-from kpool import layers
+from kpool import layers, ops
+from kpool.ops.windows import Window
 
 from .cases import TILED_SHAPES, WINDOW_CASES, random_input, window_args
+from .fast_paths import (
+    assert_same_outputs_and_gradients,
+    skip_without_fast_path,
+)
 from .gradients import layer_gradients
 from .statistics import assert_seeded_draws_reproducible, count_tolerance
 
@@ -266,3 +271,37 @@ def test_unit_interval_clips_and_round_trips_its_config():
     assert isinstance(constraint, layers.UnitInterval)
     clipped = constraint(keras.ops.convert_to_tensor([-0.5, 0.25, 1.5]))
     np.testing.assert_array_equal(clipped, [0.0, 0.25, 1.0])
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, id="{}d-{}-{}-{}".format(*case))
+        for case in (
+            (1, "same", "channels_first", "layer"),
+            (2, "same", "channels_last", "channel"),
+            (2, "valid", "channels_first", "channel"),
+            (3, "same", "channels_last", "channel"),
+        )
+    ],
+)
+def test_gate_logits_fast_path_matches_keras_ops_form(monkeypatch, rng, case):
+    # torch's is one grouped convolution for every rank.
+    rank, padding, data_format, granularity = case
+    window = Window(rank, 3, 2, padding, data_format)
+    skip_without_fast_path("gate_logits", window)
+    x = random_input(rng, rank, data_format)
+    channels = x.shape[window.channel_axis]
+    shape = (3**rank,)
+    if granularity == "channel":
+        shape += (channels,)
+    kernel = rng.normal(0, 0.5, shape).astype("float32")
+    assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: ops.mixed_pool(
+            x, 3, 2, padding, data_format, gate_kernel=kernel
+        ),
+        x,
+        rng,
+        rtol=1e-5,
+    )

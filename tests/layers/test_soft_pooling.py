@@ -21,6 +21,10 @@ from .assertions import (
     to_format,
     windows,
 )
+from .fast_paths import (
+    assert_same_outputs_and_gradients,
+    skip_without_fast_path,
+)
 
 SOFT = {
     1: layers.SoftPooling1D,
@@ -229,3 +233,58 @@ def test_low_rank_windows_are_window_windows(rng, rank, data_format, padding):
             numeric(low_rank_windows(window, padded)),
             numeric(window.windows(padded)),
         )
+
+
+# One parameter, not a grid: every backend runs every case. Disjoint
+# windows (strides >= pool_size) take the reshaped form, overlapping ones
+# the windows.
+SOFT_PATH_CASES = [
+    pytest.param(case, id="{}d-{}-{}-{}s{}".format(*case))
+    for case in (
+        (2, "valid", "channels_last", 2, 2),
+        (2, "same", "channels_first", 2, 2),
+        (2, "same", "channels_last", 2, 3),
+        (1, "valid", "channels_first", 3, 4),
+        (3, "same", "channels_first", 2, 2),
+        (2, "same", "channels_last", 3, 2),
+    )
+]
+
+
+@pytest.mark.parametrize("case", SOFT_PATH_CASES)
+def test_fast_path_matches_keras_ops_form(monkeypatch, rng, case):
+    skip_without_fast_path("disjoint_soft_pool")
+    rank, padding, data_format, pool, stride = case
+    x = 2 * sample(rng, rank, data_format, SPATIAL[rank])
+    assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: ops.soft_pool(x, pool, stride, padding, data_format),
+        x,
+        rng,
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("case", SOFT_PATH_CASES)
+def test_every_path_matches_the_papers_formula(rng, case):
+    # Strides above the pool size too: cells between windows are in none.
+    rank, padding, data_format, pool, stride = case
+    args = case_args(rank, padding, data_format, pool, stride)
+    x = 2 * sample(rng, rank, data_format, SPATIAL[rank])
+    np.testing.assert_allclose(
+        numeric(ops.soft_pool(x, **args)),
+        soft_pool(x, **args),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_large_activations_in_overlapping_and_disjoint_windows(strides):
+    # Activations 2e4 apart in one channel: a shift shared by the channel
+    # would leave some windows' exponentials all 0.
+    x = np.array([1e4, 0.0, -1e4, -1e4 + 1, 30.0, 31.0, -np.inf, 2.0])
+    x = x.reshape(1, 8, 1).astype("float32")
+    outputs = numeric(ops.soft_pool(x, 2, strides))
+    expected = soft_pool(x, (2,), (strides,), "valid", "channels_last")
+    np.testing.assert_allclose(outputs, expected, rtol=1e-6)

@@ -10,6 +10,10 @@ from kpool import layers
 from kpool.ops.spatial_pyramid_pool import dynamic_adaptive_pool
 from kpool.ops.windows import Window
 
+from .fast_paths import (
+    assert_same_outputs_and_gradients,
+    skip_without_fast_path,
+)
 from .gradients import layer_gradients
 from .saving import assert_reloads_from_keras_file
 from .torch_reference import to_channels_first
@@ -77,6 +81,26 @@ def test_gradient_matches_torch(rng):
     (torch.cat(levels, 1) * torch.tensor(upstream)).sum().backward()
     np.testing.assert_allclose(
         gradient, np.moveaxis(x_torch.grad.numpy(), 1, -1), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("mode", ["max", "average"])
+@pytest.mark.parametrize("data_format", DATA_FORMATS)
+@pytest.mark.parametrize("size", [(13, 10), (4, 3)])
+def test_fast_path_matches_keras_ops_form(
+    monkeypatch, rng, mode, data_format, size
+):
+    # torch's adaptive pooling for every level; masked reductions and a
+    # global max or mean in keras.ops. (Ties aside: random inputs.)
+    skip_without_fast_path("adaptive_pool")
+    x = images(rng, data_format, size)
+    assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: kpool.ops.spatial_pyramid_pool(
+            x, [1, 2, (4, 3)], mode, data_format
+        ),
+        x,
+        rng,
     )
 
 

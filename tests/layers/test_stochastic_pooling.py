@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import reference
 
-from kpool import layers
+from kpool import backend, layers, ops
+from kpool.ops.windows import Window
 
 from .cases import (
     TILED_CASES,
@@ -11,6 +12,10 @@ from .cases import (
     WINDOW_CASES,
     random_input,
     window_args,
+)
+from .fast_paths import (
+    assert_same_outputs_and_gradients,
+    skip_without_fast_path,
 )
 from .gradients import layer_gradients
 from .statistics import assert_seeded_draws_reproducible, count_tolerance
@@ -44,6 +49,64 @@ def test_inference_matches_reference(
     outputs = STOCHASTIC_POOLINGS[rank](**args)(x, training=False)
     expected = reference.pool(x, reference.stochastic_expectation, **args)
     np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "rank, padding, data_format, pool, stride", WINDOW_CASES
+)
+def test_inference_fast_path_matches_keras_ops_form(
+    monkeypatch, rng, rank, padding, data_format, pool, stride
+):
+    # Two average poolings, without the rescaling that cannot change them.
+    skip_without_fast_path("stochastic_expectation")
+    args = window_args(rank, padding, data_format, pool, stride)
+    x = random_input(rng, rank, data_format)
+    # Some windows of zeros and negatives only: outputs 0.
+    first = (slice(None),) * (1 if data_format == "channels_last" else 2)
+    x[(*first, *(slice(0, 3),) * rank)] = -np.abs(
+        x[(*first, *(slice(0, 3),) * rank)]
+    )
+    assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: ops.stochastic_pool(x, **args, training=False),
+        x,
+        rng,
+    )
+
+
+@pytest.mark.parametrize("special", [2.0**31, np.inf, np.nan])
+def test_inference_fast_path_leaves_large_and_special_values(rng, special):
+    # Above 2**30 the keras.ops form rescales (and fixes up NaN and inf).
+    skip_without_fast_path("stochastic_expectation")
+    window = Window(2, 2, 2, "valid", "channels_last")
+    x = np.abs(random_input(rng, 2, "channels_last"))
+    x[0, 0, 0, 0] = special
+    fast = backend.fast_path("stochastic_expectation", x, window)
+    activations = keras.ops.convert_to_tensor(x)
+    assert fast(window, activations, 2.0**30) is None
+    ones = keras.ops.ones_like(activations)
+    assert fast(window, ones, 2.0**30) is not None
+
+
+def test_traced_inference_keeps_the_rescaling():
+    # A traced graph (torch's ONNX export traces) cannot branch on values:
+    # it must rescale large activations, as the keras.ops form does.
+    if keras.backend.backend() != "torch":
+        pytest.skip("the eager branch is torch's fast path")
+    import torch
+
+    def pool(x):
+        return ops.stochastic_pool(x, 2, data_format="channels_last")
+
+    small = torch.ones((1, 4, 4, 1))
+    graph = torch.jit.trace(pool, small, check_trace=False)
+    large = small * 2.0**100
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(graph(large)),
+        keras.ops.convert_to_numpy(pool(large)),
+        rtol=1e-6,
+    )
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(graph(large))))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,114 @@
+"""Smoke test of experiments/bench_peers.py: it runs on this backend,
+writes the columns it promises, and every peer computes kpool's values, so
+that each ratio compares the same computation. Not how fast anything is."""
+
+import csv
+import os
+import runpy
+
+import keras
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
+SCRIPT = os.path.join(REPO, "experiments", "bench_peers.py")
+
+COLUMNS = {
+    "op",
+    "setting",
+    "peer",
+    "data_format",
+    "batch_shape",
+    "passes",
+    "compile_mode",
+    "kpool_median_ms",
+    "peer_median_ms",
+    "ratio",
+    "goal_ratio",
+    "meets_goal",
+    "values_match",
+    "repeats",
+    "warmup",
+    "load_average_before",
+    "load_average_after",
+    "quiet",
+    "smoke",
+    "keras_version",
+    "torch_version",
+    "tensorflow_version",
+    "jax_version",
+    "kornia_version",
+    "git_commit",
+    "git_dirty",
+    "backend",
+    "machine",
+    "date",
+}
+
+
+@pytest.fixture(scope="module")
+def bench_peers():
+    return runpy.run_path(SCRIPT)
+
+
+def expected_ops(bench_peers):
+    ops = set(bench_peers["kpool_ops"]((2, 4, 8, 8), "channels_last", None))
+    backend = keras.backend.backend()
+    if backend == "jax":
+        ops.discard("fractional_max_pool")
+    if backend == "torch":
+        try:
+            import kornia  # noqa: F401
+        except ImportError:
+            ops -= {"blur_pool", "max_blur_pool"}
+    return ops
+
+
+def test_every_peer_computes_kpools_values(bench_peers):
+    shape = bench_peers["SMOKE_SIZE"]
+    x = bench_peers["batch"](shape)
+    cases = bench_peers["peer_cases"](shape)
+    assert {case.op for case in cases} == expected_ops(bench_peers)
+    for case in cases:
+        ours = keras.ops.convert_to_numpy(case.kpool(x))
+        theirs = keras.ops.convert_to_numpy(case.peer_call(x))
+        assert ours.shape == theirs.shape, case.op
+        if case.same_values:
+            np.testing.assert_allclose(
+                ours, theirs, rtol=1e-4, atol=1e-5, err_msg=case.op
+            )
+
+
+def test_smoke_run_writes_every_case_with_its_columns(bench_peers, tmp_path):
+    bench_peers["main"](["--smoke", "--output-dir", str(tmp_path)])
+    path = tmp_path / f"{keras.backend.backend()}.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert COLUMNS <= set(rows[0])
+    ops = expected_ops(bench_peers)
+    assert {(row["op"], row["passes"]) for row in rows} == {
+        (op, passes) for op in ops for passes in ("fwd+bwd", "fwd")
+    }
+    for row in rows:
+        assert row["values_match"] in ("True", "shape"), row["op"]
+        assert float(row["ratio"]) > 0
+        assert row["smoke"] == "True"
+        assert row["quiet"] == str(
+            max(
+                float(row["load_average_before"]),
+                float(row["load_average_after"]),
+            )
+            <= bench_peers["QUIET_LOAD"]
+        )
+
+
+def test_refuses_a_loaded_machine(bench_peers, tmp_path, monkeypatch):
+    main = bench_peers["main"]
+    monkeypatch.setitem(
+        main.__globals__, "load_average", lambda: bench_peers["QUIET_LOAD"] + 1
+    )
+    with pytest.raises(SystemExit, match="load average"):
+        main(["--output-dir", str(tmp_path)])
+    assert not os.listdir(tmp_path)
