@@ -5,9 +5,11 @@
 # - The library (tests/layers) runs under tensorflow, jax and torch.
 #   TensorFlow proves the formulas over the full grid of ranks, paddings
 #   and formats; jax and torch run a sample of it (tests/conftest.py).
-# - The harness (tests/harness) and the benchmark scripts
-#   (tests/experiments) run under jax, the backend of the GPU path, and
-#   tensorflow, the default; augmentation and metrics also under torch.
+# - The harness (tests/harness) runs under jax, the backend of the GPU
+#   path, and tensorflow, the default; augmentation and metrics also under
+#   torch. The benchmark scripts (tests/experiments) run under tensorflow;
+#   the peer benchmark under every backend, the GPU benchmark also under
+#   jax.
 # - Facts that hold whatever the backend (shipped configs, the package's
 #   import floors, SciPy equivalences) run once.
 #
@@ -27,10 +29,27 @@ if [[ ${KPOOL_COVERAGE:-0} == 1 ]]; then
   pytest=(python -m coverage run -p --source=kpool,kpool_cli -m pytest)
 fi
 
-harness=(tests/harness tests/experiments)
-# Under jax only: the harness plus what holds whatever the backend.
-harness_and_once=("${harness[@]}" tests/test_layout.py)
-harness+=(--ignore=tests/harness/test_configs_shipped.py
+# What holds whatever the backend, run once (under jax): the shipped
+# configs, the SciPy equivalences and the package's import floors.
+once=(tests/harness/test_configs_shipped.py
+  tests/harness/test_scipy_equivalence.py tests/test_layout.py)
+# The harness under tensorflow: everything but the once-only tests. The
+# benchmark scripts' end-to-end tests (tests/experiments) run here; under
+# jax and torch only the peer benchmark's (each backend has its peers) and,
+# under jax, the GPU benchmark's.
+harness_tf=(tests/harness tests/experiments
+  --ignore=tests/harness/test_configs_shipped.py
+  --ignore=tests/harness/test_scipy_equivalence.py)
+# The harness under jax, the GPU path's backend, in two parts so that the
+# lanes take about as long: the command's end-to-end runs, the GPU
+# benchmark (which must run without TensorFlow) and the once-only tests in
+# lane A, the rest in lane B. (An --ignore also drops a path named
+# explicitly, so the parts name their files.)
+jax_cli=(tests/harness/test_cli.py "${once[@]}"
+  tests/experiments/test_bench_peers.py
+  tests/experiments/test_bench.py::test_bench_gpu_script_runs_end_to_end_without_tensorflow)
+jax_harness=(tests/harness --ignore=tests/harness/test_cli.py
+  --ignore=tests/harness/test_configs_shipped.py
   --ignore=tests/harness/test_scipy_equivalence.py)
 
 group() {
@@ -54,12 +73,13 @@ group() {
 
 lane_a() {
   group tensorflow tests/layers &&
-    group tensorflow "${harness[@]}" &&
+    group tensorflow "${harness_tf[@]}" &&
     group torch tests/layers tests/harness/test_augment.py \
-      tests/harness/test_metrics.py
+      tests/harness/test_metrics.py tests/experiments/test_bench_peers.py &&
+    group jax "${jax_cli[@]}"
 }
 lane_b() {
-  group jax tests/layers && group jax "${harness_and_once[@]}"
+  group jax tests/layers && group jax "${jax_harness[@]}"
 }
 
 start=$SECONDS

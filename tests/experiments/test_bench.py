@@ -489,6 +489,9 @@ def test_bench_gpu_script_runs_end_to_end_without_tensorflow(tmp_path):
     code = BLOCK_TENSORFLOW if backend == "jax" else ""
     code += f"""
 import runpy, sys
+# As `python experiments/bench_gpu.py` does: the script's directory first on
+# the path, for its `import bench` (runpy.run_path does not add it).
+sys.path.insert(0, {os.path.dirname(script)!r})
 sys.argv = ["bench_gpu.py", *{args!r}]
 runpy.run_path({script!r}, run_name="__main__")
 assert {backend!r} != "jax" or "tensorflow" not in sys.modules
