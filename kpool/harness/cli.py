@@ -6,7 +6,8 @@
     kpool merge DIR_OR_RUNS_CSV ... --out DIR
 
 Exit codes: 0 success; 1 some runs failed (the others are saved); 2 bad
-config or arguments; 3 the data set is unavailable; 130 interrupted.
+config or arguments, or an unreadable results table; 3 the data set is
+unavailable; 130 interrupted.
 Choose the Keras backend with the KERAS_BACKEND environment variable.
 """
 
@@ -167,7 +168,8 @@ def _report(args):
     runs, epochs = results.read_results([args.directory])
     if runs.empty:
         raise FileNotFoundError(f"No runs*.csv in {args.directory}")
-    print(results.report(results.summarize(runs, epochs)))
+    baseline = results.read_baseline(args.directory)
+    print(results.report(results.summarize(runs, epochs, baseline)))
     return 0
 
 
@@ -183,6 +185,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     from kpool.harness.config import ConfigError
     from kpool.harness.data import DataUnavailableError
+    from kpool.harness.results import UnreadableTableError
 
     command = {"run": _run, "report": _report, "merge": _merge}[args.command]
     try:
@@ -190,7 +193,7 @@ def main(argv=None):
     except DataUnavailableError as e:
         print(f"kpool {args.command}: data unavailable: {e}", file=sys.stderr)
         return 3
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, UnreadableTableError) as e:
         print(f"kpool {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

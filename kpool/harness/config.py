@@ -74,13 +74,33 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: Literal["cifar10", "synthetic", "npz"] = "cifar10"
-    # Archive, extracted folder (cifar10) or .npz file (npz).
+    # The keys added after the first release default to null, so that a
+    # results directory written before them still matches its config.
+    source: Literal[
+        "cifar10", "cifar100", "tfds", "folder", "synthetic", "npz"
+    ] = "cifar10"
+    # Archive or extracted folder (cifar10, cifar100), .npz file (npz), or
+    # the folder of class subfolders to train on (folder).
     path: Optional[str] = None
-    # tensorflow-datasets data_dir (cifar10).
+    # tensorflow-datasets data_dir (cifar10, cifar100, tfds).
     data_dir: Optional[str] = None
+    # tfds: the tensorflow-datasets name, e.g. "svhn_cropped".
+    name: Optional[str] = None
+    # tfds: the splits to train and test on; null means "train" / "test".
+    train_split: Optional[str] = None
+    test_split: Optional[str] = None
+    # folder: the held-out images, as a second folder of class subfolders
+    # or as a seeded, per-class fraction of `path` (exactly one of them).
+    test_path: Optional[str] = None
+    test_fraction: Optional[float] = None
+    # Height and width every image is resized to; null keeps the data's
+    # own size (the images of a folder or tfds set must then share one).
+    image_size: Optional[int] = None
+    # cifar100: the 100 "fine" or the 20 "coarse" classes; null means fine.
+    label_mode: Optional[Literal["fine", "coarse"]] = None
     # Train / test subset sizes; `None` uses the whole split. They are also
-    # the size of the synthetic set (CIFAR-10's 50000 / 10000 by default).
+    # the size of the synthetic set (CIFAR-10's 50000 / 10000 by default,
+    # and at most).
     subset: Optional[int] = None
     test_subset: Optional[int] = None
     # Seed of the subsets and of the synthetic set: one data set for every
@@ -141,6 +161,15 @@ class LogConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    # The choice every other one is compared with, pair by pair over the
+    # seeds both have, in summary.csv, `kpool report` and the plots. Null
+    # takes max pooling, or the experiment's first choice when it has no
+    # max pooling; a name must be one of the experiment's `downsampling`.
+    baseline: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"
     output_dir: str = "results"
@@ -163,6 +192,7 @@ class ExperimentConfig:
     distribution: Optional[Literal["data_parallel"]] = None
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
+    report: ReportConfig = ReportConfig()
 
     def to_dict(self):
         return to_dict(self)
@@ -278,15 +308,16 @@ def _join(prefix, name):
     return f"{prefix}.{name}" if prefix else name
 
 
+def _require(ok, key, allowed, value):
+    if not ok:
+        raise ConfigError(
+            f"`{key}` must be {allowed}. Received: {key}={value!r}"
+        )
+
+
 def _check(config):
     """Cross-field checks that types alone cannot express."""
-
-    def require(ok, key, allowed, value):
-        if not ok:
-            raise ConfigError(
-                f"`{key}` must be {allowed}. Received: {key}={value!r}"
-            )
-
+    require = _require
     model, train, data = config.model, config.train, config.data
     require(
         model.family in MODEL_FAMILIES,
@@ -341,6 +372,23 @@ def _check(config):
     require(
         len(config.seeds) > 0, "seeds", "a non-empty list", list(config.seeds)
     )
+    # A repeated seed would be one run (the same run_id) counted as two
+    # pairs in the paired statistics.
+    for seed in dict.fromkeys(config.seeds):
+        require(
+            config.seeds.count(seed) == 1,
+            "seeds",
+            f"a list without repeats (seed {seed} is repeated)",
+            list(config.seeds),
+        )
+    require(
+        config.report.baseline is None
+        or config.report.baseline in config.downsampling,
+        "report.baseline",
+        "null or one of the experiment's downsampling choices "
+        f"({', '.join(config.downsampling)})",
+        config.report.baseline,
+    )
     positive = {
         "train.epochs": train.epochs,
         "train.batch_size": train.batch_size,
@@ -379,17 +427,82 @@ def _check(config):
         "in [0, 1)",
         train.label_smoothing,
     )
-    require(
-        data.source != "npz" or data.path is not None,
-        "data.path",
-        "the path of an .npz file when data.source is 'npz'",
-        data.path,
-    )
+    check_data(data)
     require(
         config.name and "/" not in config.name,
         "name",
         "a non-empty name without '/'",
         config.name,
+    )
+
+
+# Which keys each source reads beyond the common ones, and what it needs.
+_SOURCE_KEYS = {
+    "tfds": ("name", "train_split", "test_split"),
+    "folder": ("test_path", "test_fraction"),
+    "cifar100": ("label_mode",),
+}
+
+
+def check_data(data):
+    """Checks a `DataConfig` for what its types cannot express: the keys
+    its source needs, and no key of another source.
+
+    Raises:
+        ConfigError: naming the key and what it must be.
+    """
+    source = data.source
+    for owner, keys in _SOURCE_KEYS.items():
+        if owner == source:
+            continue
+        for key in keys:
+            _require(
+                getattr(data, key) is None,
+                f"data.{key}",
+                f"null unless data.source is '{owner}' (received "
+                f"data.source={source!r})",
+                getattr(data, key),
+            )
+    needs_path = {
+        "npz": "the path of an .npz file",
+        "folder": "a folder holding one subfolder of images per class",
+    }
+    _require(
+        source not in needs_path or data.path is not None,
+        "data.path",
+        f"{needs_path.get(source)} when data.source is {source!r}",
+        data.path,
+    )
+    if source == "tfds":
+        _require(
+            isinstance(data.name, str) and data.name.strip() != "",
+            "data.name",
+            "a tensorflow-datasets name (e.g. 'cifar100', 'svhn_cropped') "
+            "when data.source is 'tfds'",
+            data.name,
+        )
+    if source == "folder" and (data.test_path is None) == (
+        data.test_fraction is None
+    ):
+        raise ConfigError(
+            "Exactly one of `data.test_path` and `data.test_fraction` must "
+            "be set when data.source is 'folder': the held-out images, as a "
+            "second folder laid out as data.path or as a fraction of each "
+            f"class of data.path. Received: data.test_path={data.test_path!r}"
+            f", data.test_fraction={data.test_fraction!r}"
+        )
+    _require(
+        data.test_fraction is None or 0 < data.test_fraction < 1,
+        "data.test_fraction",
+        "null or in (0, 1)",
+        data.test_fraction,
+    )
+    least = 8 if source == "synthetic" else 1
+    _require(
+        data.image_size is None or data.image_size >= least,
+        "data.image_size",
+        f"null or >= {least}",
+        data.image_size,
     )
 
 
@@ -425,7 +538,15 @@ def apply_overrides(data, overrides):
 
 
 # Keys that name the data a user wants.
-DATA_CHOICE_KEYS = ("data.source", "data.path")
+DATA_CHOICE_KEYS = (
+    "data.source",
+    "data.path",
+    "data.name",
+    "data.train_split",
+    "data.test_split",
+    "data.test_path",
+    "data.label_mode",
+)
 
 
 def config_from_dict(data, overrides=()):

@@ -42,6 +42,19 @@ NON_RESULT_KEYS = (
     "data.download",
     "data.fallback",
     "log",
+    "report",
+)
+# Keys added after the first release: left out of a run's key while null
+# (their default, today's behaviour), so that the runs of an earlier
+# results directory keep their run_ids and are not trained again.
+KEYS_ADDED_LATER = (
+    "data.name",
+    "data.train_split",
+    "data.test_split",
+    "data.test_path",
+    "data.test_fraction",
+    "data.image_size",
+    "data.label_mode",
 )
 # Grid keys: an experiment directory may grow along them; every other key
 # must match the config its earlier results were produced with.
@@ -117,11 +130,27 @@ def _without(data, dotted_keys):
     return data
 
 
+def _null_keys(data, dotted_keys):
+    """Those of `dotted_keys` whose value in `data` is null."""
+    null = []
+    for key in dotted_keys:
+        node = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            null.append(key)
+    return null
+
+
 def run_id(single_run_config, dataset_name, backend):
     """The key of a run: see the module docstring."""
+    omitted = (
+        *NON_RESULT_KEYS,
+        *_null_keys(single_run_config, KEYS_ADDED_LATER),
+    )
     return config_hash(
         {
-            "config": _without(single_run_config, NON_RESULT_KEYS),
+            "config": _without(single_run_config, omitted),
             "dataset": dataset_name,
             "backend": backend,
         }
@@ -226,6 +255,13 @@ def load_data(config):
             data.source,
             path=data.path,
             data_dir=data.data_dir,
+            name=data.name,
+            train_split=data.train_split,
+            test_split=data.test_split,
+            test_path=data.test_path,
+            test_fraction=data.test_fraction,
+            image_size=data.image_size,
+            label_mode=data.label_mode,
             subset=data.subset,
             test_subset=data.test_subset,
             download=data.download,

@@ -4,7 +4,10 @@
 a functional `keras.Model` mapping raw images (float32, 0..255,
 channels_last) to float32 logits. The model starts with the on-device
 augmentation (training only) and the CIFAR-10 normalisation, so the host
-never touches a batch.
+never touches a batch. The families were designed for CIFAR's 32x32 RGB
+images, and take any RGB image size down to their smallest (see
+`min_image_size` and the families below) and any number of classes: the
+input and the classifier take their shapes from the data.
 
 Downsampling choices:
 
@@ -51,19 +54,26 @@ a variant inserts (the strided conv has the same kernel shape as its pooled
 counterpart, so it starts from the same kernel too). Dropout and the random
 poolings are seeded the same way.
 
-Families (`width` = channels of the first stage, default in parentheses):
+Families (`width` = channels of the first stage, default in parentheses).
+Each family downsamples a fixed number of times (`FAMILY_DOWNSAMPLINGS`),
+and each downsampling needs a map it can reduce, so the images must be at
+least `min_image_size(config)` on each side; the sizes below are those of
+the default 2x2 windows with stride 2. `build_model` refuses smaller ones.
 
 - small_cnn (32): three stages of two 3x3 convs, w, 2w, 4w channels, a
-  downsampling after each of the first two stages; fast on a CPU.
+  downsampling after each of the first two stages; fast on a CPU. Images
+  of at least 4x4.
 - model_c (96): Springenberg et al., 2014, "Striving for Simplicity: The All
   Convolutional Net", model C: 3x3 convs w, w, downsample, 2w, 2w,
   downsample, 2w (3x3, valid), 2w (1x1), one 1x1 conv per class, global
   pooling. Differences from the paper: BN after every conv (unless
   `batch_norm=False`); the class-score conv is linear, where the paper put a
   ReLU on it; dropout (the paper's 0.5) after each downsampling only when
-  `dropout > 0`, and none on the input.
+  `dropout > 0`, and none on the input. Images of at least 12x12: its 3x3
+  "valid" conv after the second downsampling needs a 3x3 map.
 - vgg (64): VGG-11 (Simonyan & Zisserman, 2015, configuration A) for 32x32
-  inputs with BN: w, ds, 2w, ds, 4w, 4w, ds, 8w, 8w, ds, 8w, 8w, ds.
+  inputs with BN: w, ds, 2w, ds, 4w, 4w, ds, 8w, 8w, ds, 8w, 8w, ds. Five
+  downsamplings: images of at least 32x32.
 - resnet (16): ResNet-20 (He et al., 2016, CIFAR version): a 3x3 stem conv,
   three stages of three basic blocks with w, 2w, 4w channels; a 1x1
   conv + BN projection shortcut where the channels change. Where a stage
@@ -71,7 +81,7 @@ Families (`width` = channels of the first stage, default in parentheses):
   previous stage's output once, so the main path and the shortcut of the
   next block both see the downsampled map; "strided" is the original
   ResNet: stride 2 in the block's first conv and in its projection
-  shortcut ("blurstrided": see above).
+  shortcut ("blurstrided": see above). Images of at least 4x4.
 
 Heads: "gap" (global average pooling -> dense), "gmp" (global max
 pooling -> dense), "flatten" (flatten -> dense), "gem" (generalized-mean
@@ -91,6 +101,9 @@ from kpool.harness.config import resolve_downsampling
 from kpool.registry import downsampling_names, get_downsampling
 
 FAMILY_WIDTHS = {"small_cnn": 32, "model_c": 96, "vgg": 64, "resnet": 16}
+FAMILY_DOWNSAMPLINGS = {"small_cnn": 2, "model_c": 2, "vgg": 5, "resnet": 2}
+# model_c's 3x3 "valid" conv after its last downsampling needs a 3x3 map.
+_FAMILY_LAST_MAP = {"model_c": 3}
 NON_POOLING_CHOICES = ("strided", "allconv", "blurstrided", "dilated")
 # Registry poolings that draw random numbers and take a `seed`.
 _SEEDED_POOLINGS = ("mixed", "stochastic", "fractional")
@@ -117,6 +130,76 @@ def downsampling_choices():
     return poolings + NON_POOLING_CHOICES
 
 
+def min_image_size(model_config):
+    """The smallest height and width `model_config.family` takes.
+
+    Each of the family's `FAMILY_DOWNSAMPLINGS` downsamplings divides the
+    side by its stride (`pool_strides`, else `pool_size`), rounding down as
+    fractional pooling does (`(side - pool_size) // stride + 1` with
+    `pool_padding="valid"`), and needs a side of at least the stride (and
+    of the window with "valid") to reduce; model_c's last map must be 3x3
+    for its "valid" 3x3 conv. With 2x2 windows and stride 2 that is 4 for
+    small_cnn and resnet, 12 for model_c and 32 for vgg. Every choice is
+    held to the size of the pooling it stands for (the "dilated" net keeps
+    its resolution but has the pooled net's receptive field). A layer may
+    need more, and says so when the model is built: "maxblurpool" after a
+    "valid" max pooling blurs with reflection, which needs 2 cells.
+
+    Returns:
+        int.
+    """
+    family = model_config.family
+    _check_choice("model.family", family, tuple(_FAMILIES))
+    pool_size = model_config.pool_size
+    stride = model_config.pool_strides or pool_size
+    valid = model_config.pool_padding == "valid"
+    least = max(stride, pool_size) if valid else stride
+
+    def fits(side):
+        for _ in range(FAMILY_DOWNSAMPLINGS[family]):
+            if side < least:
+                return False
+            side = (side - pool_size) // stride + 1 if valid else side // stride
+        return side >= _FAMILY_LAST_MAP.get(family, 1)
+
+    side = 1
+    while not fits(side):
+        side += 1
+    return side
+
+
+def _check_inputs(model_config, input_shape, num_classes):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        num_classes = None
+    if num_classes is None or num_classes < 2:
+        raise ValueError(
+            "`num_classes` must be an int >= 2 (the data's number of "
+            f"classes). Received: num_classes={num_classes!r}"
+        )
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[2] != 3:
+        raise ValueError(
+            "`input_shape` must be (height, width, 3): the models take RGB "
+            "images and normalise them with CIFAR-10's per-channel "
+            f"statistics. Received: input_shape={input_shape}"
+        )
+    least = min_image_size(model_config)
+    height, width = input_shape[:2]
+    if min(height, width) < least:
+        family = model_config.family
+        raise ValueError(
+            f"`model.family`={family!r} needs images of at least "
+            f"{least}x{least}: it downsamples "
+            f"{FAMILY_DOWNSAMPLINGS[family]} times, and each downsampling "
+            f"(pool_size={model_config.pool_size}, "
+            f"pool_strides={model_config.pool_strides}, "
+            f"pool_padding={model_config.pool_padding!r}) needs a map it "
+            "can reduce. Resize the images (data.image_size) or choose a "
+            f"family that downsamples less. Received: {height}x{width} "
+            f"images (input_shape={input_shape})"
+        )
+
+
 def layer_seed(seed, name):
     """A seed for the layer `name` that depends only on the run seed and
     the name, so the same layer in two variants starts identically."""
@@ -140,9 +223,10 @@ def build_model(
         downsampling: string. One of `downsampling_choices()`, or a variant
             defined in `downsampling_options` (see
             `kpool.harness.config.resolve_downsampling`).
-        num_classes: int. Number of logits.
+        num_classes: int. Number of logits, at least 2.
         input_shape: tuple. Shape of one raw image, channels_last, 3
-            channels.
+            channels, at least `min_image_size(model_config)` high and
+            wide.
         seed: int. The run seed; every initializer, dropout and random
             pooling derives its seed from it and the layer name.
         augment: bool. Start with `RandomCropFlip` (training only).
@@ -154,9 +238,15 @@ def build_model(
     Returns:
         A `keras.Model` from raw images to float32 logits, named
         f"{family}_{downsampling}".
+
+    Raises:
+        ValueError: an argument is invalid, or the images are smaller than
+            the family takes (the message names `model.family`, the
+            smallest size and the size received).
     """
     family = model_config.family
     _check_choice("model.family", family, tuple(_FAMILIES))
+    _check_inputs(model_config, input_shape, num_classes)
     _check_choice("model.head", model_config.head, _HEADS)
     _check_choice(
         "model.pool_position", model_config.pool_position, _POOL_POSITIONS

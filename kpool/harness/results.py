@@ -20,6 +20,8 @@ import tempfile
 
 import pandas as pd
 
+from kpool.harness import statistics
+
 RUNS_PREFIX = "runs"
 EPOCHS_PREFIX = "epochs"
 SUMMARY_FILE = "summary.csv"
@@ -44,6 +46,33 @@ SEED_METRICS = (
 )
 # Properties of the architecture: the same for every seed.
 MODEL_PROPERTIES = ("params", "flops_per_image", "receptive_field")
+# Metrics compared with the baseline, pair by pair over shared seeds (see
+# `kpool.harness.statistics`): (metric, its unit in percentage points,
+# whether higher is better). Accuracies and the overfitting gap are
+# fractions in runs.csv; shift consistency is already a percentage.
+PAIRED_METRICS = (
+    ("test_accuracy", 0.01, True),
+    ("shift_consistency", 1.0, True),
+    *((f"shift_accuracy_{k}px", 0.01, True) for k in range(1, 5)),
+    ("overfit_gap", 0.01, False),
+)
+# The difference, in percentage points, whose detection
+# `<metric>_seeds_for_0.2pt` sizes: pooling choices differ by tenths of a
+# point on CIFAR-10.
+DETECTABLE_POINTS = 0.2
+# The summary's names for the columns of `statistics.compare_choices`.
+PAIRED_COLUMNS = {
+    "n_pairs": "n_pairs",
+    "paired_sd": "paired_sd",
+    "diff": "diff_vs_baseline",
+    "diff_ci95_low": "diff_ci95_low",
+    "diff_ci95_high": "diff_ci95_high",
+    "p_paired_t": "p_paired_t",
+    "p_holm": "p_holm",
+    "prob_improvement": "prob_improvement",
+    "verdict": "verdict",
+    "seeds_to_detect": f"seeds_for_{DETECTABLE_POINTS}pt",
+}
 
 
 def table_name(prefix, shard=None):
@@ -99,12 +128,44 @@ def write_table(frame, path):
 STRING_COLUMNS = {"run_id": str, "git_commit": str}
 
 
+class UnreadableTableError(ValueError):
+    """A results table exists but cannot be read: kpool stops rather than
+    write over it."""
+
+
 def read_table(path):
-    """Reads a CSV table; a table written without rows or columns is empty."""
+    """Reads a CSV table; a table written without rows or columns is empty.
+
+    Raises:
+        UnreadableTableError: the file is not a CSV table (binary garbage,
+            a quote left open) or was cut short: every table kpool writes
+            ends with a newline (an empty one is a newline), so a missing
+            one means the last row lost its end, which pandas would read
+            with its missing cells empty.
+    """
+    path = pathlib.Path(path)
+
+    def unreadable(reason):
+        return UnreadableTableError(
+            f"{path} cannot be read: {reason}. kpool wrote nothing. Move "
+            "the file out of the directory, or restore it (from a backup, "
+            "or by `kpool merge` of its shards), then run the command again."
+        )
+
     try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                raise unreadable("it is empty, as a truncated copy is")
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                raise unreadable("it ends mid-line, as a truncated copy does")
         return pd.read_csv(path, dtype=STRING_COLUMNS)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        reason = " ".join(str(e).split())
+        raise unreadable(f"it is not a CSV table ({reason})") from None
 
 
 def replace_run(run_row, epoch_rows, directory, shard=None):
@@ -117,6 +178,9 @@ def replace_run(run_row, epoch_rows, directory, shard=None):
     """
     directory = pathlib.Path(directory)
     run_id = run_row["run_id"]
+    tables = []
+    # Both tables are read before either is written: an unreadable one
+    # stops the write of both.
     for prefix, rows in (
         (EPOCHS_PREFIX, [{"run_id": run_id, **r} for r in epoch_rows]),
         (RUNS_PREFIX, [run_row]),
@@ -127,9 +191,10 @@ def replace_run(run_row, epoch_rows, directory, shard=None):
             old = old[old["run_id"] != run_id]
         new = pd.DataFrame(rows)
         if old.empty:
-            table = new
+            tables.append((new, path))
         else:
-            table = pd.concat([old, new], ignore_index=True)
+            tables.append((pd.concat([old, new], ignore_index=True), path))
+    for table, path in tables:
         write_table(table, path)
 
 
@@ -164,6 +229,14 @@ def read_results(sources):
     runs, epochs = [], []
     for index, path in enumerate(find_runs_tables(sources)):
         table = read_table(path)
+        missing = [c for c in ("run_id", "status") if c not in table]
+        if missing and not table.empty:
+            raise UnreadableTableError(
+                f"{path} is not a runs table: it has no "
+                f"{' or '.join(missing)} column. kpool wrote nothing. Move "
+                "it out of the directory, or restore it, then run the "
+                "command again."
+            )
         runs.append(table.assign(_source=index))
         if _pair(path).exists():
             epoch_table = read_table(_pair(path))
@@ -198,14 +271,26 @@ def finished_run_ids(directory):
     return set(runs.loc[runs["status"] == "ok", "run_id"])
 
 
-def summarize(runs, epochs=None):
+def summarize(runs, epochs=None, baseline=None):
     """One row per downsampling choice (within each setting), ranked.
 
-    Means and (sample, ddof=1) standard deviations over seeds of the
-    `SEED_METRICS` present, the architecture's `MODEL_PROPERTIES`, and
-    `epoch_time_vs_max`: the mean epoch time relative to max pooling in the
-    same setting (NaN without a max pooling row). Only "ok" runs count.
+    Means, (sample, ddof=1) standard deviations and 95% Student-t
+    intervals of the mean (`<metric>_ci95_low`, `_ci95_high`) over seeds
+    of the `SEED_METRICS` present, the architecture's `MODEL_PROPERTIES`,
+    and `epoch_time_vs_max`: the mean epoch time relative to max pooling in
+    the same setting (NaN without a max pooling row). Only "ok" runs count.
     Ranked by mean test accuracy within each setting.
+
+    Each of the `PAIRED_METRICS` present is compared with the setting's
+    `baseline` choice over the seeds both have (`PAIRED_COLUMNS`, prefixed
+    by the metric; see `kpool.harness.statistics.compare_choices`): the
+    mean difference and its 95% interval, the paired t-test's p-value and
+    its Holm correction over the setting's choices, the probability of
+    improvement, the verdict, and the seeds that would detect a
+    `DETECTABLE_POINTS` difference with 80% power. `baseline` None takes
+    max pooling, or the setting's first choice when it has no max pooling
+    (column `baseline`). `note` says why numbers are missing (one seed, no
+    baseline runs, no shared seeds, a paired sd of 0).
 
     With the `epochs` table, also how noisy the timing is:
     `epoch_time_iqr` is the interquartile range of the choice's timed epochs
@@ -225,9 +310,15 @@ def summarize(runs, epochs=None):
     for metric in metrics:
         summary[f"{metric}_mean"] = grouped[metric].mean()
         summary[f"{metric}_std"] = grouped[metric].std(ddof=1)
+        half = statistics.half_width(
+            summary[f"{metric}_std"], grouped[metric].count()
+        )
+        summary[f"{metric}_ci95_low"] = summary[f"{metric}_mean"] - half
+        summary[f"{metric}_ci95_high"] = summary[f"{metric}_mean"] + half
     for name in properties:
         summary[name] = grouped[name].first()
     summary = summary.reset_index()
+    summary = _paired_statistics(summary, runs, baseline)
     if "epoch_seconds_mean" in summary:
         summary["epoch_time_vs_max"] = _relative_to_max(
             summary, "epoch_seconds_mean"
@@ -248,7 +339,70 @@ def summarize(runs, epochs=None):
     )
     rank = summary.groupby(list(SETTING_KEYS)).cumcount() + 1
     summary.insert(len(GROUP_KEYS), "rank", rank)
-    return summary.reset_index(drop=True)
+    last = [c for c in summary if c != "note"] + ["note"]
+    return summary[last].reset_index(drop=True)
+
+
+def _paired_statistics(summary, runs, baseline):
+    """`summary` with the baseline, the paired comparisons of the
+    `PAIRED_METRICS` present, and the notes."""
+    paired = [m for m in PAIRED_METRICS if m[0] in runs]
+    parts = []
+    for setting, part in runs.groupby(list(SETTING_KEYS), sort=False):
+        choices = list(dict.fromkeys(part["downsampling"]))
+        chosen = baseline or ("max" if "max" in choices else choices[0])
+        # (metric, choice) columns, a row per seed (the mean of repeats).
+        values = (
+            part.groupby(["downsampling", "seed"], sort=False)[
+                [metric for metric, *_ in paired]
+            ]
+            .mean()
+            .unstack("downsampling")
+        )
+        columns = {"baseline": chosen}
+        notes = {}
+        for metric, unit, higher_is_better in paired:
+            table = statistics.compare_choices(
+                values[metric].reindex(columns=choices),
+                chosen,
+                min_difference=DETECTABLE_POINTS * unit,
+                higher_is_better=higher_is_better,
+            )
+            for name, column in PAIRED_COLUMNS.items():
+                columns[f"{metric}_{column}"] = table[name]
+            # Only the metrics a choice has values of speak for it.
+            notes[metric] = table["note"].where(table["n_seeds"] > 0)
+        frame = pd.DataFrame(columns, index=pd.Index(choices))
+        frame["note"] = [
+            _join_notes(
+                {m: n[choice] for m, n in notes.items() if pd.notna(n[choice])}
+            )
+            for choice in choices
+        ]
+        keys = dict(zip(SETTING_KEYS, setting, strict=True))
+        parts.append(
+            frame.rename_axis("downsampling").reset_index().assign(**keys)
+        )
+    return summary.merge(
+        pd.concat(parts, ignore_index=True), on=list(GROUP_KEYS), how="left"
+    )
+
+
+def _join_notes(notes):
+    """One note from each metric's: a note all metrics share once, others
+    prefixed by the metrics they concern."""
+    distinct = dict.fromkeys(
+        part for note in notes.values() for part in note.split("; ") if part
+    )
+    joined = []
+    for part in distinct:
+        concerned = [m for m, note in notes.items() if part in note.split("; ")]
+        joined.append(
+            part
+            if len(concerned) == len(notes)
+            else f"{', '.join(concerned)}: {part}"
+        )
+    return "; ".join(joined)
 
 
 def _relative_to_max(summary, column, divide=True):
@@ -305,17 +459,18 @@ def markdown_table(frame):
     return "\n".join(lines)
 
 
-def _mean_std(summary, metric, scale=1.0, digits=2):
-    """'mean ± std' cells; the std is left out for a single seed."""
+def _mean_interval(summary, metric, scale=1.0, digits=2):
+    """'mean ± half-width of its 95% interval' cells; the mean alone
+    where there is no interval (one seed)."""
     mean = summary[f"{metric}_mean"] * scale
-    std = summary[f"{metric}_std"] * scale
+    half = (summary[f"{metric}_mean"] - summary[f"{metric}_ci95_low"]) * scale
     return [
         ""
         if math.isnan(m)
         else f"{m:.{digits}f}"
-        if math.isnan(s)
-        else f"{m:.{digits}f} ± {s:.{digits}f}"
-        for m, s in zip(mean, std, strict=True)
+        if math.isnan(h)
+        else f"{m:.{digits}f} ± {h:.{digits}f}"
+        for m, h in zip(mean, half, strict=True)
     ]
 
 
@@ -324,72 +479,158 @@ NOISY_NOTE = (
     f"{NOISY_MARK.strip()} epoch time vs max: within the epochs' spread "
     "(this choice's IQR % plus max's); it does not tell the two apart."
 )
+INTERVAL_NOTE = (
+    "± is the half-width of the 95% Student-t interval of the mean over seeds."
+)
+# (metric, title, scale to percent): shift consistency is already one.
+PERCENT_METRICS = (
+    ("test_accuracy", "test acc %", 100),
+    ("best_test_accuracy", "best test acc %", 100),
+    ("shift_consistency", "shift consistency %", 1),
+    *(
+        (f"shift_accuracy_{k}px", f"shift acc {k}px %", 100)
+        for k in range(1, 5)
+    ),
+    ("overfit_gap", "overfit gap %", 100),
+)
+# The metrics whose paired comparison the report shows.
+REPORTED_COMPARISONS = (
+    ("test_accuracy", "test accuracy (%)", 100),
+    ("shift_consistency", "shift consistency (%)", 1),
+)
 
 
 def report(summary):
-    """The summary as markdown: one table per setting (model, data, backend).
+    """The summary as markdown: for each setting (model, data, backend), a
+    table of every choice and then its paired comparisons.
 
-    Accuracies and shift metrics are in percent, mean ± std over seeds.
-    Epoch time ratios come with the epochs' IQR (as % of their median);
-    ratios within that spread are marked and explained under the table.
+    The first table has accuracies and shift metrics in percent, as mean
+    ± the half-width of the 95% interval over seeds, and epoch time ratios
+    with the epochs' IQR (as % of their median); ratios within that spread
+    are marked and explained under the table. Then, for test accuracy and
+    shift consistency, each choice against the baseline over shared seeds:
+    the difference with its 95% interval, the Holm-corrected p-value of
+    the paired t-test, the probability of improvement, the verdict and
+    the seeds that would detect a 0.2-point difference.
     """
     if summary.empty:
         return "No finished runs."
-    # (metric, title, scale): shift consistency is already a percentage.
-    percent = [
-        ("test_accuracy", "test acc %", 100),
-        ("best_test_accuracy", "best test acc %", 100),
-        ("shift_consistency", "shift consistency %", 1),
-        *(
-            (f"shift_accuracy_{k}px", f"shift acc {k}px %", 100)
-            for k in range(1, 5)
-        ),
-        ("overfit_gap", "overfit gap %", 100),
-    ]
     sections = []
     for setting, part in summary.groupby(list(SETTING_KEYS), sort=False):
-        table = pd.DataFrame(
-            {
-                "rank": part["rank"],
-                "downsampling": part["downsampling"],
-                "seeds": part["n_seeds"],
-            }
-        )
-        for metric, title, scale in percent:
-            if f"{metric}_mean" in part:
-                table[title] = _mean_std(part, metric, scale=scale)
-        if "train_images_per_sec_mean" in part:
-            table["train img/s"] = _mean_std(
-                part, "train_images_per_sec", digits=0
-            )
-        if "epoch_time_vs_max" in part:
-            noisy = part.get(
-                "epoch_time_vs_max_noisy", pd.Series(False, part.index)
-            )
-            table["epoch time vs max"] = [
-                "" if math.isnan(v) else f"{v:.2f}{NOISY_MARK if flag else ''}"
-                for v, flag in zip(
-                    part["epoch_time_vs_max"], noisy, strict=True
-                )
-            ]
-        if "epoch_time_iqr" in part:
-            table["epoch time IQR %"] = [
-                "" if math.isnan(v) else f"{100 * v:.0f}"
-                for v in part["epoch_time_iqr"]
-            ]
-        for name in MODEL_PROPERTIES:
-            if name in part:
-                table[name] = [
-                    "" if math.isnan(v) else f"{int(v):,}" for v in part[name]
-                ]
         title = ", ".join(
             f"{k}={v}" for k, v in zip(SETTING_KEYS, setting, strict=True)
         )
-        section = f"### {title}\n\n{markdown_table(table)}"
+        section = [f"### {title}", markdown_table(_choices_table(part))]
+        notes = [INTERVAL_NOTE]
         if part.get("epoch_time_vs_max_noisy", pd.Series(False)).any():
-            section += f"\n\n{NOISY_NOTE}"
-        sections.append(section)
+            notes.append(NOISY_NOTE)
+        section.append("\n".join(notes))
+        for metric, name, scale in REPORTED_COMPARISONS:
+            if f"{metric}_diff_vs_baseline" in part:
+                section.extend(_comparison(part, metric, name, scale))
+        sections.append("\n\n".join(section))
     return "\n\n".join(sections)
+
+
+def _choices_table(part):
+    table = pd.DataFrame(
+        {
+            "rank": part["rank"],
+            "downsampling": part["downsampling"],
+            "seeds": part["n_seeds"],
+        }
+    )
+    for metric, title, scale in PERCENT_METRICS:
+        if f"{metric}_mean" in part:
+            table[title] = _mean_interval(part, metric, scale=scale)
+    if "train_images_per_sec_mean" in part:
+        table["train img/s"] = _mean_interval(
+            part, "train_images_per_sec", digits=0
+        )
+    if "epoch_time_vs_max" in part:
+        noisy = part.get(
+            "epoch_time_vs_max_noisy", pd.Series(False, part.index)
+        )
+        table["epoch time vs max"] = [
+            "" if math.isnan(v) else f"{v:.2f}{NOISY_MARK if flag else ''}"
+            for v, flag in zip(part["epoch_time_vs_max"], noisy, strict=True)
+        ]
+    if "epoch_time_iqr" in part:
+        table["epoch time IQR %"] = [
+            "" if math.isnan(v) else f"{100 * v:.0f}"
+            for v in part["epoch_time_iqr"]
+        ]
+    for name in MODEL_PROPERTIES:
+        if name in part:
+            table[name] = [
+                "" if math.isnan(v) else f"{int(v):,}" for v in part[name]
+            ]
+    if "note" in part and (part["note"].fillna("") != "").any():
+        table["note"] = part["note"].fillna("")
+    return table
+
+
+def _comparison(part, metric, name, scale):
+    """The heading and table of one metric's paired comparisons."""
+    baseline = part["baseline"].iloc[0]
+    column = f"{metric}_{PAIRED_COLUMNS['seeds_to_detect']}"
+    compared = part[f"{metric}_p_paired_t"].notna().sum()
+    heading = (
+        f"{name}: each choice minus {baseline} over the seeds both have "
+        "(paired), with its 95% interval; p: paired t-test, "
+        f"Holm-corrected over {compared} choices; P(improve): share of "
+        "seed pairs in which the choice is better (ties 1/2); verdict at "
+        f"alpha {statistics.ALPHA}; seeds for {DETECTABLE_POINTS} pt: "
+        "seeds that would detect a 0.2-point difference with 80% power at "
+        "the observed paired sd."
+    )
+    table = pd.DataFrame(
+        {
+            "downsampling": part["downsampling"],
+            "seeds": part["n_seeds"],
+            "mean ± 95% CI": _mean_interval(part, metric, scale=scale),
+            f"diff vs {baseline} [95% CI]": [
+                _difference(row, metric, scale, baseline)
+                for _, row in part.iterrows()
+            ],
+            "Holm p": [_p_value(p) for p in part[f"{metric}_p_holm"]],
+            "P(improve)": [
+                "" if pd.isna(p) else f"{p:.2f}"
+                for p in part[f"{metric}_prob_improvement"]
+            ],
+            "verdict": part[f"{metric}_verdict"].fillna(""),
+            f"seeds for {DETECTABLE_POINTS} pt": [
+                _seed_count(n, sd)
+                for n, sd in zip(
+                    part[column], part[f"{metric}_paired_sd"], strict=True
+                )
+            ],
+        }
+    )
+    return [heading, markdown_table(table)]
+
+
+def _difference(row, metric, scale, baseline):
+    """'+0.25 [-0.10, +0.60]', or why there is no difference to show."""
+    if row["downsampling"] == baseline:
+        return "baseline"
+    diff = row[f"{metric}_diff_vs_baseline"]
+    if pd.isna(diff):
+        return row.get("note") or "no paired seeds"
+    low, high = (row[f"{metric}_diff_ci95_{e}"] for e in ("low", "high"))
+    return f"{diff * scale:+.2f} [{low * scale:+.2f}, {high * scale:+.2f}]"
+
+
+def _p_value(p):
+    if pd.isna(p):
+        return ""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _seed_count(n, sd):
+    if pd.isna(n):
+        return "paired sd 0" if sd == 0 else ""
+    return "> 10^9" if math.isinf(n) else f"{int(n)}"
 
 
 def _settings(summary):
@@ -433,28 +674,33 @@ def plot_title(runs):
 # A marker per setting; a colour per choice (tab20 has 20, as many as the
 # largest grids).
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+INTERVAL_BARS = "bars: 95% t interval of the mean over seeds"
 
 
-def _colours(names):
+def _colours(runs):
+    """A colour per choice, the same in every plot of these runs: the
+    choices in their order of first appearance in the runs table (the
+    config's order, as the grid is seed-major)."""
     import matplotlib
 
     # tab20 pairs a dark and a light shade of each hue: the ten dark ones
     # first, so that up to ten choices differ in hue.
     colours = matplotlib.colormaps["tab20"].colors
     cycle = colours[0::2] + colours[1::2]
+    names = dict.fromkeys(runs["downsampling"])
     return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
 
 
-def _scatter(summary, x, y, path, title):
-    """Mean of `y` against mean of `x` per choice, with std error bars when
-    there are seeds to take it over. `x` and `y` are (metric, label,
-    scale). Each choice has its own colour and a legend entry rather than a
-    text label at its point, which neighbouring points would overlap."""
+def _scatter(summary, x, y, path, title, colours):
+    """Mean of `y` against mean of `x` per choice, with bars of their 95%
+    intervals when there are seeds to take them over. `x` and `y` are
+    (metric, label, scale). Each choice has its own colour and a legend
+    entry rather than a text label at its point, which neighbouring points
+    would overlap."""
     import matplotlib.pyplot as plt
 
     settings = _settings(summary)
     several = len(settings) > 1
-    colours = _colours(summary["downsampling"].unique())
     (x, xlabel, x_scale), (y, ylabel, y_scale) = x, y
     fig, ax = plt.subplots(figsize=(8, 5))
     for number, (setting, part) in enumerate(settings):
@@ -462,8 +708,8 @@ def _scatter(summary, x, y, path, title):
             ax.errorbar(
                 row[f"{x}_mean"] * x_scale,
                 row[f"{y}_mean"] * y_scale,
-                xerr=_std(row, x) * x_scale,
-                yerr=_std(row, y) * y_scale,
+                xerr=_half_width(row, x) * x_scale,
+                yerr=_half_width(row, y) * y_scale,
                 fmt=_MARKERS[number % len(_MARKERS)],
                 color=colours[row["downsampling"]],
                 capsize=3,
@@ -473,7 +719,7 @@ def _scatter(summary, x, y, path, title):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     bars = (
-        "points: mean over seeds; bars: std over seeds"
+        f"points: mean over seeds; {INTERVAL_BARS}"
         if (summary["n_seeds"] > 1).any()
         else "one seed per choice: no error bars"
     )
@@ -483,35 +729,109 @@ def _scatter(summary, x, y, path, title):
     _save(fig, path)
 
 
-def _std(row, metric):
-    std = row.get(f"{metric}_std", math.nan)
-    return 0.0 if pd.isna(std) else std
+def _half_width(row, metric):
+    low = row.get(f"{metric}_ci95_low", math.nan)
+    return 0.0 if pd.isna(low) else row[f"{metric}_mean"] - low
 
 
-def _learning_curves(runs, epochs, path, title):
+def _compared_metrics(summary):
+    """The `REPORTED_COMPARISONS` with at least one paired difference."""
+    return [
+        m
+        for m in REPORTED_COMPARISONS
+        if f"{m[0]}_diff_vs_baseline" in summary
+        and summary[f"{m[0]}_diff_vs_baseline"].notna().any()
+    ]
+
+
+def _differences(summary, path, title, colours):
+    """Each choice's paired difference from the baseline, with its 95%
+    interval, for the `REPORTED_COMPARISONS` that have one: a panel per
+    metric, a row per choice, a line at 0."""
+    import matplotlib.pyplot as plt
+
+    metrics = _compared_metrics(summary)
+    settings = _settings(summary)
+    rows = [
+        (number, setting, row)
+        for number, (setting, part) in enumerate(settings)
+        for _, row in part.iterrows()
+        if row["downsampling"] != row["baseline"]
+    ]
+    fig, axes = plt.subplots(
+        1,
+        len(metrics),
+        figsize=(5 * len(metrics) + 2, 1.5 + 0.4 * len(rows)),
+        squeeze=False,
+    )
+    baselines = " / ".join(summary["baseline"].unique())
+    for ax, (metric, name, scale) in zip(axes[0], metrics, strict=True):
+        for place, (number, _, row) in enumerate(rows):
+            diff = row[f"{metric}_diff_vs_baseline"]
+            if pd.isna(diff):
+                continue
+            low = row[f"{metric}_diff_ci95_low"]
+            ax.errorbar(
+                diff * scale,
+                place,
+                xerr=(diff - low) * scale,
+                fmt=_MARKERS[number % len(_MARKERS)],
+                color=colours[row["downsampling"]],
+                capsize=3,
+            )
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(
+            [
+                _label(setting, row["downsampling"], len(settings) > 1)
+                for _, setting, row in rows
+            ]
+        )
+        ax.invert_yaxis()
+        ax.set_xlabel(
+            f"{name}: choice minus {baselines}, paired over shared seeds"
+        )
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        f"{title}\npoints: mean paired difference; "
+        "bars: its 95% t interval over seed pairs",
+        fontsize=9,
+    )
+    _save(fig, path)
+
+
+def _learning_curves(runs, epochs, path, title, colours):
+    """Mean test accuracy per epoch, and the 95% interval of the mean over
+    seeds as a band where there are several seeds."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     ok = runs[runs["status"] == "ok"]
     curves = epochs.merge(ok[["run_id", *GROUP_KEYS]], on="run_id")
     settings = list(curves.groupby(list(SETTING_KEYS), sort=False))
-    colours = _colours(curves["downsampling"].unique())
     fig, ax = plt.subplots(figsize=(8, 5))
     for number, (setting, part) in enumerate(settings):
-        mean = part.groupby(["downsampling", "epoch"])["test_accuracy"].mean()
-        for name, curve in mean.groupby(level=0, sort=False):
+        per_epoch = part.groupby(["downsampling", "epoch"], sort=False)
+        interval = per_epoch["test_accuracy"].agg(
+            lambda values: statistics.mean_interval(values)
+        )
+        for name, curve in interval.groupby(level=0, sort=False):
+            curve = curve.sort_index(level="epoch")
+            epoch = curve.index.get_level_values("epoch")
+            mean, low, high = (100 * curve.str[i].to_numpy() for i in range(3))
             ax.plot(
-                curve.index.get_level_values("epoch"),
-                100 * curve.to_numpy(),
+                epoch,
+                mean,
                 marker=_MARKERS[number % len(_MARKERS)],
                 color=colours[name],
                 label=_label(setting, name, len(settings) > 1),
             )
+            ax.fill_between(epoch, low, high, color=colours[name], alpha=0.15)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     several_seeds = (ok.groupby("downsampling")["seed"].nunique() > 1).any()
     ax.set_ylabel(
-        "test accuracy (%, mean over seeds)"
+        "test accuracy (%, mean over seeds;\nband: 95% t interval of the mean)"
         if several_seeds
         else "test accuracy (%)"
     )
@@ -530,6 +850,7 @@ def _save(fig, path):
     plt.close(fig)
 
 
+DIFFERENCES_PLOT = "paired_differences.png"
 # (file, x, y) with each axis as (metric, label, scale to the label's unit).
 SCATTERS = (
     (
@@ -563,20 +884,41 @@ def write_plots(runs, epochs, summary, directory):
         )
 
     title = plot_title(runs)
+    colours = _colours(runs)
     for name, x, y in SCATTERS:
         if has(x[0]) and has(y[0]):
-            _scatter(summary, x, y, directory / name, title)
+            _scatter(summary, x, y, directory / name, title, colours)
             written.append(directory / name)
+    if _compared_metrics(summary):
+        path = directory / DIFFERENCES_PLOT
+        _differences(summary, path, title, colours)
+        written.append(path)
     if not epochs.empty and "test_accuracy" in epochs:
         path = directory / "learning_curves.png"
-        _learning_curves(runs, epochs, path, title)
+        _learning_curves(runs, epochs, path, title, colours)
         written.append(path)
     return written
 
 
+def read_baseline(directory):
+    """The `report.baseline` of the config.yaml in `directory`; None
+    (`summarize` then takes max pooling) when there is none."""
+    import yaml
+
+    path = pathlib.Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    config = yaml.safe_load(path.read_text()) or {}
+    report = config.get("report") if isinstance(config, dict) else None
+    return report.get("baseline") if isinstance(report, dict) else None
+
+
 def write_summary(runs, epochs, directory):
-    """Writes summary.csv and the plots into `directory`; returns summary."""
-    summary = summarize(runs, epochs)
+    """Writes summary.csv and the plots into `directory`; returns summary.
+
+    The paired comparisons take the baseline of the directory's
+    config.yaml (`read_baseline`)."""
+    summary = summarize(runs, epochs, baseline=read_baseline(directory))
     write_table(summary, pathlib.Path(directory) / SUMMARY_FILE)
     write_plots(runs, epochs, summary, directory)
     return summary

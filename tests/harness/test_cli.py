@@ -198,6 +198,11 @@ def test_report_prints_the_summary(finished, capsys):
     summary = results.summarize(runs)
     best = summary.iloc[0]
     assert f"| 1 | {best['downsampling']} | 2 | " in text
+    # The paired comparisons with the baseline, max.
+    assert "test accuracy (%): each choice minus max" in text
+    header = "| downsampling | seeds | mean ± 95% CI | diff vs max [95% CI] |"
+    assert header in text
+    assert "| max | 2 | " in text and "| baseline |" in text
 
 
 def test_rerun_skips_finished_runs(finished, config_path, monkeypatch, capsys):
@@ -348,6 +353,7 @@ def test_same_config_twice_gives_identical_metrics(finished, resumed):
         (["--set", "downsampling=[max, nope]"], "`downsampling[1]`"),
         (["--set", "data.source=npz"], "`data.path`"),
         (["--shard", "3/2"], "`--shard` must be i/n"),
+        (["--set", "seeds=[0,0]"], "`seeds` must be a list without repeats"),
     ],
 )
 def test_config_errors_exit_2(config_path, arguments, message, capsys):
@@ -363,6 +369,30 @@ def test_missing_config_and_results_exit_2(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "No runs*.csv" in capsys.readouterr().err
+
+
+def test_unreadable_runs_table_exits_2_and_is_kept(
+    config_path, tmp_path, capsys
+):
+    """A damaged runs.csv is named, with what to do, by report, merge and
+    run (before any training), and nothing is written over it."""
+    directory = tmp_path / "tiny"
+    directory.mkdir()
+    damaged = b"run_id,status\n\x00\xff\xfe garbage\n"
+    (directory / "runs.csv").write_bytes(damaged)
+    commands = [
+        ["report", str(directory)],
+        ["merge", str(directory), "--out", str(tmp_path / "merged")],
+        ["run", str(config_path), "--output-dir", str(tmp_path)],
+    ]
+    for arguments in commands:
+        assert cli.main(arguments) == 2, arguments
+        err = capsys.readouterr().err
+        assert f"kpool {arguments[0]}: error: {directory / 'runs.csv'}" in err
+        assert "cannot be read" in err and "Move the file" in err
+        assert "Traceback" not in err
+    assert (directory / "runs.csv").read_bytes() == damaged
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["runs.csv", "tiny"]
 
 
 def test_directory_with_another_config_exits_2(finished, config_path, capsys):

@@ -191,3 +191,27 @@ def test_log_section():
         cfg.config_from_dict({"log": {"tensorbord": True}})
     with pytest.raises(cfg.ConfigError, match="`log.tensorboard` must be bool"):
         cfg.config_from_dict({"log": {"tensorboard": "yes"}})
+
+
+def test_seeds_must_not_repeat():
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.config_from_dict({}, ["seeds=[0, 1, 0]"])
+    assert str(info.value) == (
+        "`seeds` must be a list without repeats (seed 0 is repeated). "
+        "Received: seeds=[0, 1, 0]"
+    )
+
+
+def test_report_baseline_is_one_of_the_choices():
+    assert cfg.config_from_dict({}).report.baseline is None
+    choices = {"downsampling": ["max", "avg"]}
+    config = cfg.config_from_dict(choices, ["report.baseline=avg"])
+    assert config.report.baseline == "avg"
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.config_from_dict(choices, ["report.baseline=min"])
+    assert str(info.value) == (
+        "`report.baseline` must be null or one of the experiment's "
+        "downsampling choices (max, avg). Received: report.baseline='min'"
+    )
+    with pytest.raises(cfg.ConfigError, match="Unknown key `report.base`"):
+        cfg.config_from_dict({}, ["report.base=max"])

@@ -1,4 +1,5 @@
 import importlib.util
+import json
 
 import pytest
 
@@ -115,6 +116,26 @@ def test_run_id_ignores_what_cannot_change_results(config):
 def test_run_id_changes_with_what_changes_results(config, change):
     changed = config_from_dict({**config.to_dict(), **change})
     assert run_ids(changed)[0] != run_ids(config)[0]
+
+
+def test_run_id_of_a_config_from_before_the_later_keys(config):
+    # A results directory written before the later data keys existed keeps
+    # its run_ids: those keys at null are left out of the key, and a value
+    # given to one of them changes it.
+    single = experiment.run_config(config, "max", 0)
+    for key in experiment.KEYS_ADDED_LATER:
+        assert single["data"][key.split(".")[1]] is None
+    earlier = json.loads(json.dumps(single))
+    for key in experiment.KEYS_ADDED_LATER:
+        del earlier["data"][key.split(".")[1]]
+    assert experiment.run_id(single, "synthetic", "jax") == experiment.run_id(
+        earlier, "synthetic", "jax"
+    )
+    sized = json.loads(json.dumps(single))
+    sized["data"]["image_size"] = 16
+    assert experiment.run_id(sized, "synthetic", "jax") != experiment.run_id(
+        single, "synthetic", "jax"
+    )
 
 
 def test_run_id_depends_on_data_and_backend(config):
@@ -362,3 +383,13 @@ def test_tensorboard_without_the_package_fails_before_training(
     with pytest.raises(ConfigError, match="pip install tensorboard"):
         experiment.run_experiment(config, verbose=0)
     assert not calls and not (tmp_path / "experiment").exists()
+
+
+def test_run_id_ignores_the_report_section(config):
+    """The baseline of the statistics changes no number of a run, and
+    results written before the `report` section keep their run_ids."""
+    ids = run_ids(config)
+    data = {**config.to_dict(), "report": {"baseline": "avg"}}
+    assert run_ids(config_from_dict(data)) == ids
+    del data["report"]
+    assert run_ids(config_from_dict(data)) == ids

@@ -10,7 +10,12 @@ from kpool.harness.config import (
     ModelConfig,
 )
 from kpool.harness.metrics import receptive_field
-from kpool.harness.models import build_model, downsampling_choices, layer_seed
+from kpool.harness.models import (
+    build_model,
+    downsampling_choices,
+    layer_seed,
+    min_image_size,
+)
 
 WIDTH = 8
 IMAGES = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
@@ -570,3 +575,107 @@ def test_a_variant_builds_its_choice_with_its_options():
 
 def test_config_choices_are_the_models_choices():
     assert set(DOWNSAMPLING_CHOICES) == set(downsampling_choices())
+
+
+# Any image size and number of classes, down to what each family takes.
+
+SMALLEST_SIDE = {"small_cnn": 4, "model_c": 12, "vgg": 32, "resnet": 4}
+
+
+@pytest.mark.parametrize(
+    "family, overrides, side",
+    [
+        *[(family, {}, side) for family, side in SMALLEST_SIDE.items()],
+        # By hand, backwards from the last map: 3x3 windows at stride 2,
+        # "valid", need 3 before the last of vgg's five downsamplings, so
+        # 7, 15, 31 and 63 before the ones above it.
+        (
+            "vgg",
+            {"pool_size": 3, "pool_strides": 2, "pool_padding": "valid"},
+            63,
+        ),
+        # Stride 3, rounding down: model_c's 3x3 map needs 9, then 27.
+        ("model_c", {"pool_size": 3}, 27),
+    ],
+)
+def test_min_image_size(family, overrides, side):
+    assert min_image_size(ModelConfig(family=family, **overrides)) == side
+
+
+# Rounding up ("same" max pooling), down (fractional), and no downsampling
+# with the dilated convs' reach (model_c's "valid" conv).
+@pytest.mark.parametrize("downsampling", ["max", "fractional", "dilated"])
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def test_every_family_runs_at_its_smallest_size(family, downsampling):
+    side = SMALLEST_SIDE[family]
+    config = ModelConfig(family=family, width=WIDTH)
+    model = build_model(
+        config, downsampling, num_classes=3, input_shape=(side, side, 3)
+    )
+    images = np.random.default_rng(0).uniform(0, 255, (2, side, side, 3))
+    logits = keras.ops.convert_to_numpy(model(images, training=True))
+    assert logits.shape == (2, 3)
+    assert np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def test_images_below_the_smallest_size_are_refused(family):
+    side = SMALLEST_SIDE[family]
+    config = ModelConfig(family=family, width=WIDTH)
+    message = (
+        f"`model.family`='{family}' needs images of at least {side}x{side}: "
+        r".*Received: \d+x\d+ images"
+    )
+    for shape in [(side - 1, side, 3), (side, side - 1, 3)]:
+        with pytest.raises(ValueError, match=message):
+            build_model(config, "max", input_shape=shape)
+
+
+@pytest.mark.parametrize("head", ["gap", "flatten", "spp"])
+@pytest.mark.parametrize("family", ["small_cnn", "model_c"])
+def test_head_and_input_follow_the_data(family, head):
+    # Non-square images and 7 classes: the input and the classifier take
+    # their shapes from the data.
+    config = ModelConfig(family=family, width=WIDTH, head=head)
+    model = build_model(config, "max", num_classes=7, input_shape=(40, 24, 3))
+    assert tuple(model.input_shape) == (None, 40, 24, 3)
+    logits = model(np.zeros((2, 40, 24, 3), "float32"))
+    assert tuple(logits.shape) == (2, 7)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"input_shape": (32, 32, 1)}, r"`input_shape` must be \(height, "),
+        ({"input_shape": (32, 32)}, r"`input_shape` must be \(height, "),
+        ({"num_classes": 1}, "`num_classes` must be an int >= 2"),
+        ({"num_classes": 10.0}, "`num_classes` must be an int >= 2"),
+    ],
+)
+def test_bad_inputs_or_classes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(ModelConfig(width=WIDTH), "max", **kwargs)
+
+
+def test_too_small_images_stop_the_experiment_before_training(tmp_path):
+    from kpool.harness.config import ConfigError, config_from_dict
+    from kpool.harness.experiment import run_experiment
+
+    config = config_from_dict(
+        {
+            "output_dir": str(tmp_path),
+            "model": {"family": "vgg", "width": WIDTH},
+            "data": {
+                "source": "synthetic",
+                "image_size": 16,
+                "subset": 20,
+                "test_subset": 10,
+            },
+        }
+    )
+    with pytest.raises(ConfigError) as raised:
+        run_experiment(config, verbose=0)
+    message = str(raised.value)
+    assert "`model.family`='vgg' needs images of at least 32x32" in message
+    assert "Received: 16x16 images" in message
+    assert not (tmp_path / "experiment").exists()

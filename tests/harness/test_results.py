@@ -5,8 +5,9 @@ import pathlib
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 
-from kpool.harness import results
+from kpool.harness import results, statistics
 
 
 def run_row(run_id, downsampling, seed, accuracy, epoch_seconds, **extra):
@@ -80,6 +81,27 @@ def test_summary_leaves_out_absent_metrics(runs):
     assert "flops_per_image" not in summary
 
 
+def table_rows(text, first_column):
+    """{downsampling: {column: cell}} of the markdown table in `text` whose
+    first column is `first_column`."""
+    lines = text.splitlines()
+    start = next(
+        i
+        for i, line in enumerate(lines)
+        if line.startswith(f"| {first_column} |")
+    )
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([c.strip() for c in line.strip("|").split("|")])
+    header, rows = table[0], table[2:]
+    return {
+        row[header.index("downsampling")]: dict(zip(header, row, strict=True))
+        for row in rows
+    }
+
+
 def test_report_markdown(runs):
     text = results.report(results.summarize(runs))
     sections = text.split("### ")[1:]
@@ -91,11 +113,14 @@ def test_report_markdown(runs):
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[:4] == ["rank", "downsampling", "seeds", "test acc %"]
     assert lines[1] == "|" + "|".join(["---"] * len(header)) + "|"
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-    by_name = {row[1]: dict(zip(header, row, strict=True)) for row in rows[2:]}
-    assert by_name["max"]["test acc %"] == "60.00 ± 10.00"
-    assert by_name["avg"]["test acc %"] == "45.00 ± 7.07"
+    by_name = table_rows(sections[0], "rank")
+    # ± the 95% t interval's half-width: t(0.975, 2) * 0.1 / sqrt(3) and
+    # t(0.975, 1) * sqrt(0.005) / sqrt(2) (t from a printed table).
+    assert by_name["max"]["test acc %"] == "60.00 ± 24.84"
+    assert by_name["avg"]["test acc %"] == "45.00 ± 63.53"
     assert by_name["allconv"]["test acc %"] == "80.00"
+    assert by_name["allconv"]["note"] == "1 seed: no interval"
+    assert results.INTERVAL_NOTE in sections[0]
     assert by_name["avg"]["epoch time vs max"] == "1.50"
     assert by_name["allconv"]["params"] == "150"
 
@@ -239,11 +264,12 @@ def test_report_shows_the_pooling_claims_columns():
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
     row = dict(zip(header, cells, strict=True))
-    assert row["shift consistency %"] == "85.00 ± 7.07"
+    # Two seeds: half-widths t(0.975, 1) = 12.706 times sd / sqrt(2).
+    assert row["shift consistency %"] == "85.00 ± 63.53"
     assert row["shift acc 1px %"] == "40.00 ± 0.00"
     assert row["shift acc 2px %"] == "30.00 ± 0.00"
-    assert row["shift acc 4px %"] == "30.00 ± 14.14"
-    assert row["overfit gap %"] == "20.00 ± 14.14"
+    assert row["shift acc 4px %"] == "30.00 ± 127.06"
+    assert row["overfit gap %"] == "20.00 ± 127.06"
 
 
 def timed_epochs(run_id, step_seconds, steps=10):
@@ -397,9 +423,14 @@ def test_scatter_legend_percent_and_bars_text(figures, tmp_path, seeds):
     title = ax.get_title()
     assert title.startswith(results.plot_title(runs))
     if seeds == 1:
-        assert "std over seeds" not in title and "no error bars" in title
+        assert "interval" not in title and "no error bars" in title
     else:
-        assert "bars: std over seeds" in title
+        assert "bars: 95% t interval of the mean over seeds" in title
+        # The bars are the interval: mean ± t(0.975, 1) * sd / sqrt(2).
+        _, bar = ax.containers[0].lines[2]  # x and y bars
+        low, high = bar.get_segments()[0][:, 1]
+        half = 12.7062047 * np.std([60, 61], ddof=1) / np.sqrt(2)
+        np.testing.assert_allclose([low, high], [60.5 - half, 60.5 + half])
 
 
 def test_learning_curves_in_percent(figures, tmp_path):
@@ -412,3 +443,222 @@ def test_learning_curves_in_percent(figures, tmp_path):
     np.testing.assert_allclose(ax.lines[0].get_ydata(), [10, 20])
     assert ax.get_ylabel() == "test accuracy (%)"
     assert ax.get_title() == results.plot_title(runs)
+
+
+def five_seeds(differences, baseline=(0.90, 0.91, 0.92, 0.93, 0.94)):
+    """Runs of max and of choice "x" on five seeds; x's accuracy is max's
+    plus `differences`, and both have shift consistency 100 times their
+    accuracy and an overfitting gap of minus it."""
+    rows = []
+    for name, offsets in (("max", [0] * 5), ("x", differences)):
+        pairs = zip(baseline, offsets, strict=True)
+        for seed, (base, offset) in enumerate(pairs):
+            accuracy = base + offset
+            rows.append(
+                run_row(
+                    f"{name}{seed}",
+                    name,
+                    seed,
+                    accuracy,
+                    1.0,
+                    shift_consistency=100 * accuracy,
+                    overfit_gap=-accuracy,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def test_summary_paired_columns_and_units():
+    runs = five_seeds([0.01, 0.02, 0.01, 0.02, 0.02])
+    summary = results.summarize(runs).set_index("downsampling")
+    x = summary.loc["x"]
+    for column in [
+        "test_accuracy_ci95_low",
+        "test_accuracy_ci95_high",
+        "test_accuracy_diff_vs_baseline",
+        "test_accuracy_diff_ci95_low",
+        "test_accuracy_diff_ci95_high",
+        "test_accuracy_p_holm",
+        "test_accuracy_prob_improvement",
+        "test_accuracy_verdict",
+        "test_accuracy_seeds_for_0.2pt",
+        "shift_consistency_verdict",
+        "overfit_gap_verdict",
+    ]:
+        assert column in summary, column
+    assert (summary["baseline"] == "max").all()
+    assert summary.loc["max", "test_accuracy_verdict"] == "baseline"
+    # By hand: differences' mean 0.016, sd sqrt(30e-6), t over 4 df.
+    np.testing.assert_allclose(x["test_accuracy_diff_vs_baseline"], 0.016)
+    t = 0.016 / (math.sqrt(30e-6) / math.sqrt(5))
+    np.testing.assert_allclose(
+        x["test_accuracy_p_paired_t"], 2 * scipy.stats.t.sf(t, 4)
+    )
+    # One choice compared: Holm changes nothing.
+    assert x["test_accuracy_p_holm"] == x["test_accuracy_p_paired_t"]
+    assert x["test_accuracy_verdict"] == "better"
+    assert x["test_accuracy_prob_improvement"] == 1.0
+    # Shift consistency is in percent, accuracies in fractions: the same
+    # relative spread needs the same number of seeds for 0.2 points.
+    seeds = x["test_accuracy_seeds_for_0.2pt"]
+    assert seeds == statistics.seeds_to_detect(0.002, math.sqrt(30e-6))
+    assert x["shift_consistency_seeds_for_0.2pt"] == seeds
+    np.testing.assert_allclose(x["shift_consistency_diff_vs_baseline"], 1.6)
+    # A larger overfitting gap is worse.
+    assert x["overfit_gap_verdict"] == "better"
+    assert x["overfit_gap_prob_improvement"] == 1.0
+    assert x["note"] == ""
+
+
+def test_summary_notes_one_seed_missing_baseline_and_no_spread(runs):
+    summary = results.summarize(runs)
+    small = summary[summary["model"] == "small_cnn"].set_index("downsampling")
+    assert small.loc["allconv", "note"] == "1 seed: no interval"
+    assert math.isnan(small.loc["allconv", "test_accuracy_ci95_low"])
+    assert math.isnan(small.loc["allconv", "test_accuracy_diff_vs_baseline"])
+    # avg is 0.1 below max on both of its seeds.
+    assert small.loc["avg", "note"] == (
+        "paired sd 0 over 2 seeds: no t-test, no seed count"
+    )
+    np.testing.assert_allclose(
+        small.loc["avg", "test_accuracy_diff_vs_baseline"], -0.1
+    )
+    # vgg has no max pooling: its first choice is its baseline.
+    vgg = summary[summary["model"] == "vgg"].iloc[0]
+    assert vgg["baseline"] == "avg"
+    assert vgg["test_accuracy_verdict"] == "baseline"
+    # A named baseline that a setting has no runs of.
+    named = results.summarize(runs, baseline="max")
+    vgg = named[named["model"] == "vgg"].iloc[0]
+    assert vgg["note"] == "1 seed: no interval; no runs of the baseline max"
+
+
+def test_report_paired_tables():
+    runs = pd.concat(
+        [
+            five_seeds([0.01, 0.02, 0.01, 0.02, 0.02]),
+            pd.DataFrame([run_row("one", "single", 0, 0.5, 1.0)]),
+        ]
+    )
+    text = results.report(results.summarize(runs))
+    assert "test accuracy (%): each choice minus max" in text
+    assert "Holm-corrected over 1 choices" in text
+    accuracy = table_rows(text, "downsampling")
+    half = scipy.stats.t.ppf(0.975, 4) * math.sqrt(30e-6) / math.sqrt(5)
+    x = accuracy["x"]
+    assert x["diff vs max [95% CI]"] == (
+        f"+1.60 [{100 * (0.016 - half):+.2f}, {100 * (0.016 + half):+.2f}]"
+    )
+    assert x["verdict"] == "better"
+    assert x["P(improve)"] == "1.00"
+    assert x["seeds for 0.2 pt"] == str(
+        statistics.seeds_to_detect(0.002, math.sqrt(30e-6))
+    )
+    assert accuracy["max"]["diff vs max [95% CI]"] == "baseline"
+    assert accuracy["single"]["diff vs max [95% CI]"] == "1 seed: no interval"
+    assert accuracy["single"]["mean ± 95% CI"] == "50.00"
+    consistency = text[text.index("shift consistency (%): each") :]
+    assert table_rows(consistency, "downsampling")["x"]["verdict"] == "better"
+
+
+def test_write_summary_takes_the_baseline_of_config_yaml(tmp_path):
+    runs = five_seeds([0.01, 0.02, 0.01, 0.02, 0.02])
+    (tmp_path / "config.yaml").write_text("report:\n  baseline: x\n")
+    assert results.read_baseline(tmp_path) == "x"
+    summary = results.write_summary(runs, pd.DataFrame(), tmp_path)
+    assert (summary["baseline"] == "x").all()
+    written = pd.read_csv(tmp_path / "summary.csv").set_index("downsampling")
+    assert written.loc["max", "test_accuracy_verdict"] == "worse"
+    assert (tmp_path / "paired_differences.png").stat().st_size > 0
+    assert results.read_baseline(tmp_path / "nowhere") is None
+
+
+def test_paired_differences_plot(figures, tmp_path):
+    runs = five_seeds([0.01, 0.02, 0.01, 0.02, 0.02])
+    summary = results.summarize(runs)
+    results.write_plots(runs, pd.DataFrame(), summary, tmp_path)
+    fig = figures[results.DIFFERENCES_PLOT]
+    accuracy, consistency = fig.axes
+    assert "bars: its 95% t interval" in fig._suptitle.get_text()
+    assert accuracy.get_xlabel().startswith("test accuracy (%): choice minus")
+    (container,) = accuracy.containers
+    point = np.asarray(container.lines[0].get_xdata(), dtype=float)
+    np.testing.assert_allclose(point, [1.6])
+    assert [t.get_text() for t in accuracy.get_yticklabels()] == ["x"]
+    # With one seed there is no difference to plot.
+    one = runs[runs["seed"] == 0]
+    figures.clear()
+    results.write_plots(one, pd.DataFrame(), results.summarize(one), tmp_path)
+    assert results.DIFFERENCES_PLOT not in figures
+
+
+def test_each_choice_keeps_its_colour_in_every_plot(figures, tmp_path):
+    # Ranked, avg comes first in the summary; in the runs it comes second.
+    runs = pd.DataFrame(
+        [
+            run_row(f"{name}{seed}", name, seed, accuracy + seed / 100, 1.0)
+            for seed in (0, 1)
+            for name, accuracy in (("max", 0.5), ("avg", 0.6), ("min", 0.4))
+        ]
+    )
+    epochs = pd.DataFrame(
+        [
+            {"run_id": run_id, "epoch": epoch, "test_accuracy": 0.1 * epoch}
+            for run_id in reversed(runs["run_id"])
+            for epoch in (1, 2)
+        ]
+    )
+    results.write_plots(runs, epochs, results.summarize(runs), tmp_path)
+    colours = results._colours(runs)
+    assert list(colours) == ["max", "avg", "min"]
+    (scatter,) = figures["accuracy_vs_throughput.png"].axes
+    for container, label in zip(
+        scatter.containers, scatter.get_legend().get_texts(), strict=True
+    ):
+        assert container.lines[0].get_color() == colours[label.get_text()]
+    (curves,) = figures["learning_curves.png"].axes
+    for line in curves.lines:
+        assert line.get_color() == colours[line.get_label()]
+    assert "band: 95% t interval" in curves.get_ylabel()
+    # One band per choice.
+    assert len(curves.collections) == 3
+
+
+# A table as written, then damaged.
+RUNS_CSV = 'run_id,status,downsampling,run_config\na,ok,max,"{""x"": 1}"\n'
+
+
+@pytest.mark.parametrize(
+    "damaged, reason",
+    [
+        (RUNS_CSV.encode()[:-4], "ends mid-line"),
+        (RUNS_CSV.encode()[:-8] + b"\n", "not a CSV table"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe garbage\n", "not a CSV table"),
+        (b"", "it is empty"),
+        (b"some,other\n1,2\n", "no run_id or status column"),
+    ],
+)
+def test_unreadable_runs_table_is_named_and_kept(tmp_path, damaged, reason):
+    path = tmp_path / "runs.csv"
+    path.write_bytes(damaged)
+    with pytest.raises(results.UnreadableTableError) as info:
+        results.read_results([tmp_path])
+    message = str(info.value)
+    assert str(path) in message and reason in message
+    assert "Move the file" in message or "Move it" in message
+    # Nothing that would write over it gets that far.
+    with pytest.raises(results.UnreadableTableError):
+        results.finished_run_ids(tmp_path)
+    if reason != "no run_id or status column":
+        with pytest.raises(results.UnreadableTableError):
+            results.replace_run(run_row("b", "avg", 0, 0.5, 1.0), [], tmp_path)
+    assert path.read_bytes() == damaged
+    assert sorted(os.listdir(tmp_path)) == ["runs.csv"]
+
+
+def test_intact_tables_still_read(tmp_path):
+    (tmp_path / "runs.csv").write_text(RUNS_CSV)
+    runs, _ = results.read_results([tmp_path])
+    assert runs["run_config"].tolist() == ['{"x": 1}']
+    (tmp_path / "runs.csv").write_text("\n")
+    assert results.read_table(tmp_path / "runs.csv").empty
