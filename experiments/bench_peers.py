@@ -19,10 +19,13 @@ same load. The goal (issue 20) is a ratio of at most 1.2 for every op,
 both passes, at batch 32-128, 32-256 channels, 8x8 to 64x64 (`SIZES`).
 
 Timings mean something only on a quiet machine: the script reads the
-1-minute load average before and after, refuses to start above
-`QUIET_LOAD` (unless `--allow-loaded`) and records `quiet=False` in every
-row when either reading is above it. `--smoke` runs one tiny size with few
-rounds, only to check that everything runs (it never refuses).
+1-minute load average before, refuses to start above `QUIET_LOAD` (unless
+`--allow-loaded`), measures the CPU other processes use while it runs
+(`others_cpu_cores`; the load average after counts the benchmark's own
+threads) and records `quiet=False` in every row when the load before was
+above `QUIET_LOAD` or the others used more than `QUIET_OTHERS_CORES`.
+`--smoke` runs one tiny size with few rounds, only to check that
+everything runs (it never refuses).
 
     KERAS_BACKEND=torch python experiments/bench_peers.py
 
@@ -39,6 +42,7 @@ import math
 import os
 import platform
 import subprocess
+import time
 
 import bench
 import keras
@@ -609,6 +613,50 @@ def load_average():
     return os.getloadavg()[0]
 
 
+# Above this many cores' worth of CPU used by other processes while the
+# benchmark ran, its rows say quiet=False.
+QUIET_OTHERS_CORES = 0.5
+
+
+class OthersCpu:
+    """The CPU that other processes use while the benchmark runs, in cores.
+
+    The load average after a run counts the benchmark's own threads (two
+    on a 2-core machine), so it cannot say whether anything else ran.
+    This takes the machine's busy time from /proc/stat minus this
+    process's own CPU time, over the wall time. None where /proc/stat is
+    not there (not Linux).
+    """
+
+    def __init__(self):
+        self.start = self._readings()
+
+    @staticmethod
+    def _readings():
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()[1:]
+        except OSError:
+            return None
+        ticks = [int(v) for v in fields]
+        # user nice system idle iowait irq softirq steal ...: busy is all
+        # but idle and iowait.
+        busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+        own = os.times()
+        return (
+            busy / os.sysconf("SC_CLK_TCK"),
+            own.user + own.system,
+            time.monotonic(),
+        )
+
+    def cores(self):
+        end = self._readings()
+        if self.start is None or end is None:
+            return None
+        busy, own, wall = (b - a for a, b in zip(self.start, end, strict=True))
+        return max(0.0, (busy - own) / wall) if wall > 0 else None
+
+
 def library_versions():
     versions = {}
     for name in LIBRARIES:
@@ -673,12 +721,19 @@ def main(argv=None):
     sizes, repeats, warmup = SIZES, args.repeats, args.warmup
     if args.smoke:
         sizes, repeats, warmup = (SMOKE_SIZE,), 2, 1
+    others = OthersCpu()
     rows = benchmark_peers(sizes, repeats=repeats, warmup=warmup)
+    others_cores = others.cores()
     load_after = load_average()
     run = {
         "load_average_before": round(load_before, 2),
+        # Includes the benchmark's own threads.
         "load_average_after": round(load_after, 2),
-        "quiet": max(load_before, load_after) <= QUIET_LOAD,
+        "others_cpu_cores": (
+            "" if others_cores is None else round(others_cores, 3)
+        ),
+        "quiet": load_before <= QUIET_LOAD
+        and (others_cores is None or others_cores <= QUIET_OTHERS_CORES),
         "smoke": args.smoke,
         "python_version": platform.python_version(),
         **library_versions(),
@@ -693,7 +748,8 @@ def main(argv=None):
     print(
         f"Wrote {path} ({run['machine']}, load average "
         f"{run['load_average_before']} before, "
-        f"{run['load_average_after']} after, quiet={run['quiet']})"
+        f"{run['load_average_after']} after with its own threads, other "
+        f"processes {run['others_cpu_cores']} cores, quiet={run['quiet']})"
     )
     return rows
 
