@@ -867,3 +867,47 @@ def format_table(rows, columns):
         "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True))
         for line in [list(columns), *cells]
     )
+
+
+# Above this many cores' worth of CPU used by other processes while the
+# benchmark ran, its rows say quiet=False.
+QUIET_OTHERS_CORES = 0.5
+
+
+class OthersCpu:
+    """The CPU that other processes use while the benchmark runs, in cores.
+
+    The load average after a run counts the benchmark's own threads (two
+    on a 2-core machine), so it cannot say whether anything else ran.
+    This takes the machine's busy time from /proc/stat minus this
+    process's own CPU time, over the wall time. None where /proc/stat is
+    not there (not Linux).
+    """
+
+    def __init__(self):
+        self.start = self._readings()
+
+    @staticmethod
+    def _readings():
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()[1:]
+        except OSError:
+            return None
+        ticks = [int(v) for v in fields]
+        # user nice system idle iowait irq softirq steal ...: busy is all
+        # but idle and iowait.
+        busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+        own = os.times()
+        return (
+            busy / os.sysconf("SC_CLK_TCK"),
+            own.user + own.system,
+            time.monotonic(),
+        )
+
+    def cores(self):
+        end = self._readings()
+        if self.start is None or end is None:
+            return None
+        busy, own, wall = (b - a for a, b in zip(self.start, end, strict=True))
+        return max(0.0, (busy - own) / wall) if wall > 0 else None

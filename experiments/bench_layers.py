@@ -246,11 +246,23 @@ def main(argv=None):
 
     if args.model_fit:
         rows = []
+        load_before = os.getloadavg()[0]
+        others = bench.OthersCpu()
         for value in args.fit_jit_compile:
             jit_compile = {"true": True, "false": False}.get(value, value)
             rows += bench.benchmark_model_fit(
                 jit_compile=jit_compile, **fit_settings
             )
+        # The load before, and the CPU other processes used while it ran
+        # (the load average after would count this benchmark's threads).
+        others_cores = others.cores()
+        load = {
+            "load_average_before": round(load_before, 2),
+            "others_cpu_cores": (
+                "" if others_cores is None else round(others_cores, 3)
+            ),
+        }
+        rows = [{**row, **load} for row in rows]
         path = os.path.join(args.output_dir, f"model_fit_{backend}.csv")
         bench.write_csv(rows, path)
         print(bench.format_table(rows, FIT_COLUMNS))

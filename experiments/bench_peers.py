@@ -23,7 +23,8 @@ Timings mean something only on a quiet machine: the script reads the
 `--allow-loaded`), measures the CPU other processes use while it runs
 (`others_cpu_cores`; the load average after counts the benchmark's own
 threads) and records `quiet=False` in every row when the load before was
-above `QUIET_LOAD` or the others used more than `QUIET_OTHERS_CORES`.
+above `QUIET_LOAD` or the others used more than
+`bench.QUIET_OTHERS_CORES`.
 `--smoke` runs one tiny size with few rounds, only to check that
 everything runs (it never refuses).
 
@@ -42,7 +43,6 @@ import math
 import os
 import platform
 import subprocess
-import time
 
 import bench
 import keras
@@ -613,50 +613,6 @@ def load_average():
     return os.getloadavg()[0]
 
 
-# Above this many cores' worth of CPU used by other processes while the
-# benchmark ran, its rows say quiet=False.
-QUIET_OTHERS_CORES = 0.5
-
-
-class OthersCpu:
-    """The CPU that other processes use while the benchmark runs, in cores.
-
-    The load average after a run counts the benchmark's own threads (two
-    on a 2-core machine), so it cannot say whether anything else ran.
-    This takes the machine's busy time from /proc/stat minus this
-    process's own CPU time, over the wall time. None where /proc/stat is
-    not there (not Linux).
-    """
-
-    def __init__(self):
-        self.start = self._readings()
-
-    @staticmethod
-    def _readings():
-        try:
-            with open("/proc/stat") as f:
-                fields = f.readline().split()[1:]
-        except OSError:
-            return None
-        ticks = [int(v) for v in fields]
-        # user nice system idle iowait irq softirq steal ...: busy is all
-        # but idle and iowait.
-        busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
-        own = os.times()
-        return (
-            busy / os.sysconf("SC_CLK_TCK"),
-            own.user + own.system,
-            time.monotonic(),
-        )
-
-    def cores(self):
-        end = self._readings()
-        if self.start is None or end is None:
-            return None
-        busy, own, wall = (b - a for a, b in zip(self.start, end, strict=True))
-        return max(0.0, (busy - own) / wall) if wall > 0 else None
-
-
 def library_versions():
     versions = {}
     for name in LIBRARIES:
@@ -721,7 +677,7 @@ def main(argv=None):
     sizes, repeats, warmup = SIZES, args.repeats, args.warmup
     if args.smoke:
         sizes, repeats, warmup = (SMOKE_SIZE,), 2, 1
-    others = OthersCpu()
+    others = bench.OthersCpu()
     rows = benchmark_peers(sizes, repeats=repeats, warmup=warmup)
     others_cores = others.cores()
     load_after = load_average()
@@ -733,7 +689,7 @@ def main(argv=None):
             "" if others_cores is None else round(others_cores, 3)
         ),
         "quiet": load_before <= QUIET_LOAD
-        and (others_cores is None or others_cores <= QUIET_OTHERS_CORES),
+        and (others_cores is None or others_cores <= bench.QUIET_OTHERS_CORES),
         "smoke": args.smoke,
         "python_version": platform.python_version(),
         **library_versions(),

@@ -134,6 +134,16 @@ def max_unpool(window, inputs, indices, size):
     return _as_data_format(unpooled, window.data_format)
 
 
+def power_mean(x, p, axes, keepdims):
+    """`mean(x ** p over axes) ** (1 / p)` of positive float `x` for a
+    Python number `p`, with torch's scalar-exponent `pow`: `keras.ops.power`
+    makes `p` a tensor, and torch's tensor-exponent `pow` runs its general
+    kernel where the scalar one specialises (`p=3` is two multiplies), 2-5x
+    slower forward and backward in global GeM pooling."""
+    means = x.pow(p).mean(dim=tuple(axes), keepdim=keepdims)
+    return means.pow(1.0 / p)
+
+
 def value_range(tensor):
     """`(min, max)` of `tensor` as Python numbers, in one pass."""
     lowest, highest = torch.aminmax(tensor)
@@ -377,6 +387,7 @@ _FAST_PATHS = {
     "max_pool_with_argmax": max_pool_with_argmax,
     "max_unpool": max_unpool,
     "order_statistics": order_statistics,
+    "power_mean": power_mean,
     "stochastic_expectation": stochastic_expectation,
     "take_rows": take_rows,
     "value_range": value_range,

@@ -3,6 +3,7 @@ import numbers
 import keras
 from keras import ops
 
+from kpool import backend
 from kpool.ops.windows import Window, as_tensor, float_compute_dtype
 
 
@@ -55,6 +56,7 @@ def global_gem_pool(inputs, p=3.0, eps=1e-6, data_format=None, keepdims=False):
     >>> x = np.array([1.0, 2.0, -5.0, 3.0]).reshape(1, 4, 1)
     >>> kpool.ops.global_gem_pool(x, p=1.0)  # [[1.5]]: -5 counts as 1e-6
     """
+    given_p = p
     if isinstance(p, numbers.Number):
         check_gem_arguments(p, eps)
     else:
@@ -70,6 +72,12 @@ def global_gem_pool(inputs, p=3.0, eps=1e-6, data_format=None, keepdims=False):
         if keepdims:
             outer_p = inner_p
     x = ops.clip(ops.cast(inputs, compute_dtype), eps, float("inf"))
+    if isinstance(given_p, numbers.Number):
+        # A fixed exponent: the backend's scalar power, where it has one.
+        fast = backend.fast_path("power_mean", inputs)
+        if fast is not None:
+            means = fast(x, float(given_p), window.spatial_axes(), keepdims)
+            return ops.cast(means, dtype)
     # No squeeze: torch's ONNX export squeezes one axis at a time only.
     means = ops.mean(
         ops.power(x, inner_p), axis=window.spatial_axes(), keepdims=keepdims

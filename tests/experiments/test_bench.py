@@ -344,6 +344,8 @@ def test_bench_layers_script_writes_every_case_with_its_ratio(tmp_path):
         assert row["model"] == "small_cnn" and row["backend"] == backend
         assert row["compile_mode"] == bench.default_compile_mode()
         assert row["device"] and row["machine"] and row["date"]
+        assert float(row["load_average_before"]) >= 0
+        assert float(row["others_cpu_cores"]) >= 0
         step_ratio = float(row["median_ms_per_step"]) / float(
             row["max_median_ms_per_step"]
         )
@@ -562,3 +564,23 @@ assert {backend!r} != "jax" or "tensorflow" not in sys.modules
         assert float(row["projected_seconds"]) == pytest.approx(
             2 * run_seconds, abs=0.2
         )
+
+
+def test_others_cpu_is_the_machines_busy_time_less_the_benchmarks(monkeypatch):
+    others_cpu = bench.OthersCpu
+    # (machine busy s, own CPU s, wall s): 3 s busy of which 1 s own, in 2 s.
+    readings = iter([(10.0, 4.0, 100.0), (13.0, 5.0, 102.0)])
+    monkeypatch.setattr(
+        others_cpu, "_readings", staticmethod(lambda: next(readings))
+    )
+    assert others_cpu().cores() == pytest.approx(1.0)
+
+
+def test_others_cpu_counts_another_process():
+    others = bench.OthersCpu()
+    if others.start is None:
+        pytest.skip("no /proc/stat (not Linux)")
+    burn = "import time\nend = time.time() + 1\nwhile time.time() < end: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    # About 1 core for about 1 s (more if the machine is busy otherwise).
+    assert others.cores() > 0.5

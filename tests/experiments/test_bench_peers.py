@@ -6,6 +6,7 @@ import csv
 import os
 import runpy
 
+import bench
 import keras
 import numpy as np
 import pytest
@@ -99,36 +100,8 @@ def test_smoke_run_writes_every_case_with_its_columns(bench_peers, tmp_path):
         others = row["others_cpu_cores"]
         assert row["quiet"] == str(
             float(row["load_average_before"]) <= bench_peers["QUIET_LOAD"]
-            and (
-                others == ""
-                or float(others) <= bench_peers["QUIET_OTHERS_CORES"]
-            )
+            and (others == "" or float(others) <= bench.QUIET_OTHERS_CORES)
         )
-
-
-def test_others_cpu_is_the_machines_busy_time_less_the_benchmarks(
-    bench_peers, monkeypatch
-):
-    others_cpu = bench_peers["OthersCpu"]
-    # (machine busy s, own CPU s, wall s): 3 s busy of which 1 s own, in 2 s.
-    readings = iter([(10.0, 4.0, 100.0), (13.0, 5.0, 102.0)])
-    monkeypatch.setattr(
-        others_cpu, "_readings", staticmethod(lambda: next(readings))
-    )
-    assert others_cpu().cores() == pytest.approx(1.0)
-
-
-def test_others_cpu_counts_another_process(bench_peers):
-    import subprocess
-    import sys
-
-    others = bench_peers["OthersCpu"]()
-    if others.start is None:
-        pytest.skip("no /proc/stat (not Linux)")
-    burn = "import time\nend = time.time() + 1\nwhile time.time() < end: pass"
-    subprocess.run([sys.executable, "-c", burn], check=True)
-    # About 1 core for about 1 s (more if the machine is busy otherwise).
-    assert others.cores() > 0.5
 
 
 def test_refuses_a_loaded_machine(bench_peers, tmp_path, monkeypatch):

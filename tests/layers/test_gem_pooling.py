@@ -10,6 +10,10 @@ import kpool
 from kpool import layers
 
 from .cases import input_shape, random_input
+from .fast_paths import (
+    assert_same_outputs_and_gradients,
+    skip_without_fast_path,
+)
 from .gradients import layer_gradients
 from .saving import assert_reloads_from_keras_file
 
@@ -162,3 +166,31 @@ class GeMPoolingContractTest(testing.TestCase):
                 expected_num_trainable_weights=1,
                 expected_num_non_trainable_weights=0,
             )
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize(
+    "rank, data_format, p",
+    [
+        (1, "channels_last", 3.0),
+        (2, "channels_first", 2.5),
+        (3, "channels_last", 1),
+    ],
+)
+def test_fast_path_matches_keras_ops_form(
+    monkeypatch, rng, rank, data_format, p, keepdims
+):
+    # A fixed Python exponent takes the backend's scalar power.
+    skip_without_fast_path("power_mean")
+    x = random_input(rng, rank, data_format)
+    # Inputs below eps: clamped, with a zero gradient.
+    x.flat[::7] = -1.0
+    assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: kpool.ops.global_gem_pool(
+            x, p=p, data_format=data_format, keepdims=keepdims
+        ),
+        x,
+        rng,
+        rtol=1e-5,
+    )
