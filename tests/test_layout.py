@@ -30,6 +30,7 @@ FLOORS = [
     "kpool.harness.metrics",
     "kpool.harness.statistics",
     "kpool.harness.training",
+    "kpool.harness.report_file",
     "kpool.harness.results",
     "kpool.harness.experiment",
     "kpool.harness.cli",

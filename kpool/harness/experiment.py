@@ -33,7 +33,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 
-from kpool.harness import results
+from kpool.harness import report_file, results
 from kpool.harness.config import ConfigError, config_hash, resolve_downsampling
 
 NON_RESULT_KEYS = (
@@ -368,7 +368,7 @@ def run_experiment(config, *, shard=None, verbose=1, out=None):
     )
 
     directory.mkdir(parents=True, exist_ok=True)
-    with results.atomic_open(directory / results.CONFIG_FILE) as f:
+    with report_file.atomic_open(directory / results.CONFIG_FILE) as f:
         yaml.safe_dump(config_data, f, sort_keys=False)
     where = f"shard {shard[0]}/{shard[1]}: " if shard else ""
     say(
@@ -413,9 +413,10 @@ def run_experiment(config, *, shard=None, verbose=1, out=None):
         (trained if row["status"] == "ok" else failed).append(spec)
         if row["status"] != "ok":
             say(f"   run failed: {row['error']}")
+    stamp = report_file.fingerprint(directory)
     all_runs, all_epochs = results.read_results([directory])
     if not all_runs.empty:
-        summary = results.write_summary(all_runs, all_epochs, directory)
+        summary = results.write_summary(all_runs, all_epochs, directory, stamp)
         say(results.report(summary))
     say(
         f"{config.name}: trained {len(trained)}, skipped {len(skipped)}, "

@@ -16,16 +16,22 @@ import contextlib
 import math
 import os
 import pathlib
-import tempfile
 
 import pandas as pd
 
 from kpool.harness import statistics
+from kpool.harness.report_file import (
+    CONFIG_FILE,
+    EPOCHS_PREFIX,
+    RUNS_PREFIX,
+    atomic_open,
+    epochs_table,
+    fingerprint,
+    runs_tables,
+    write_report,
+)
 
-RUNS_PREFIX = "runs"
-EPOCHS_PREFIX = "epochs"
 SUMMARY_FILE = "summary.csv"
-CONFIG_FILE = "config.yaml"
 
 # Rows that share these values are comparable runs; the summary has one row
 # per downsampling choice within each setting.
@@ -81,41 +87,6 @@ def table_name(prefix, shard=None):
         return f"{prefix}.csv"
     index, count = shard
     return f"{prefix}.shard-{index}-of-{count}.csv"
-
-
-@contextlib.contextmanager
-def atomic_open(path, mode="w"):
-    """Opens a temporary sibling of `path`; renames it over `path` on exit.
-
-    The temporary name starts with a dot and ends in `.tmp`, so readers that
-    glob `runs*.csv` never pick up a half-written file.
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory):
-    # Makes the rename itself durable; not possible on every platform.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def write_table(frame, path):
@@ -198,20 +169,13 @@ def replace_run(run_row, epoch_rows, directory, shard=None):
         write_table(table, path)
 
 
-def _pair(runs_path):
-    """The epochs table written together with a runs table."""
-    runs_path = pathlib.Path(runs_path)
-    suffix = runs_path.name[len(RUNS_PREFIX) :]
-    return runs_path.with_name(EPOCHS_PREFIX + suffix)
-
-
 def find_runs_tables(sources):
     """Runs tables in the given directories and files, in a stable order."""
     paths = []
     for source in sources:
         source = pathlib.Path(source)
         if source.is_dir():
-            paths.extend(sorted(source.glob(f"{RUNS_PREFIX}*.csv")))
+            paths.extend(runs_tables(source))
         elif source.is_file():
             paths.append(source)
         else:
@@ -238,8 +202,8 @@ def read_results(sources):
                 "command again."
             )
         runs.append(table.assign(_source=index))
-        if _pair(path).exists():
-            epoch_table = read_table(_pair(path))
+        if epochs_table(path).exists():
+            epoch_table = read_table(epochs_table(path))
             if not epoch_table.empty:
                 epochs.append(epoch_table.assign(_source=index))
     if not runs:
@@ -913,15 +877,37 @@ def read_baseline(directory):
     return report.get("baseline") if isinstance(report, dict) else None
 
 
-def write_summary(runs, epochs, directory):
-    """Writes summary.csv and the plots into `directory`; returns summary.
+def write_summary(runs, epochs, directory, stamp=None):
+    """Writes summary.csv, report.md and the plots into `directory`;
+    returns summary.
 
     The paired comparisons take the baseline of the directory's
-    config.yaml (`read_baseline`)."""
+    config.yaml (`read_baseline`). `stamp` is the directory's
+    `report_file.fingerprint` taken before `runs` and `epochs` were read
+    from it (taken now when None)."""
+    if stamp is None:
+        stamp = fingerprint(directory)
     summary = summarize(runs, epochs, baseline=read_baseline(directory))
     write_table(summary, pathlib.Path(directory) / SUMMARY_FILE)
+    write_report(directory, report(summary), stamp)
     write_plots(runs, epochs, summary, directory)
     return summary
+
+
+def directory_report(directory):
+    """The report of a results directory, as `kpool report` prints it.
+
+    Recomputed from the tables, and report.md rewritten, when report.md is
+    missing or stale (see `kpool.harness.report_file`); written only where
+    the directory can be written to."""
+    stamp = fingerprint(directory)
+    runs, epochs = read_results([directory])
+    if runs.empty:
+        raise FileNotFoundError(f"No {RUNS_PREFIX}*.csv in {directory}")
+    text = report(summarize(runs, epochs, read_baseline(directory)))
+    with contextlib.suppress(OSError):
+        write_report(directory, text, stamp)
+    return text
 
 
 def merge(sources, out_dir):

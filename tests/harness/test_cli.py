@@ -6,6 +6,7 @@ compare the two and rerun parts of it.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from kpool.harness import cli, results
+from kpool.harness import cli, report_file, results
 from kpool.harness.config import config_from_dict, load_config
 
 TINY = {
@@ -203,6 +204,108 @@ def test_report_prints_the_summary(finished, capsys):
     header = "| downsampling | seeds | mean ± 95% CI | diff vs max [95% CI] |"
     assert header in text
     assert "| max | 2 | " in text and "| baseline |" in text
+
+
+def test_run_writes_the_report_that_report_prints(finished, capsys):
+    """report.md holds the report of the tables, as recomputed from them,
+    and `kpool report` prints it."""
+    directory, _, _ = finished
+    runs, epochs = results.read_results([directory])
+    baseline = results.read_baseline(directory)
+    expected = results.report(results.summarize(runs, epochs, baseline))
+    assert report_file.read_report(directory) == expected
+    assert cli.main(["report", str(directory)]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def _edit_accuracy(directory):
+    runs = results.read_table(directory / "runs.csv")
+    runs.loc[0, "test_accuracy"] = 0.123456
+    results.write_table(runs, directory / "runs.csv")
+
+
+def _add_shard(directory):
+    runs = results.read_table(directory / "runs.csv")
+    extra = runs.iloc[:1].assign(run_id="extra", downsampling="avg")
+    results.write_table(extra, directory / "runs.shard-1-of-2.csv")
+
+
+def _change_baseline(directory):
+    path = directory / results.CONFIG_FILE
+    config = yaml.safe_load(path.read_text())
+    config["report"] = {**config.get("report", {}), "baseline": "stochastic"}
+    path.write_text(yaml.safe_dump(config))
+
+
+def _forge_header(directory):
+    path = directory / report_file.REPORT_FILE
+    header, _, text = path.read_text().partition("\n")
+    forged = header.replace("sha256:", "sha256:0")
+    path.write_text(f"{forged}\n{text.replace('| max |', '| forged |')}")
+
+
+@pytest.mark.parametrize(
+    "change", [_edit_accuracy, _add_shard, _change_baseline, _forge_header]
+)
+def test_report_recomputes_a_stale_file(finished, tmp_path, change, capsys):
+    """A table edited or added, another baseline, or a file not written for
+    these tables: report prints the report of the tables as they are, and
+    rewrites report.md with it."""
+    directory = tmp_path / "copy"
+    shutil.copytree(finished[0], directory)
+    before = report_file.read_report(directory)
+    assert before is not None
+    change(directory)
+    assert report_file.read_report(directory) is None
+    runs, epochs = results.read_results([directory])
+    baseline = results.read_baseline(directory)
+    expected = results.report(results.summarize(runs, epochs, baseline))
+    assert cli.main(["report", str(directory)]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    assert report_file.read_report(directory) == expected
+    if change is not _forge_header:
+        assert expected != before
+
+
+def test_report_of_a_directory_it_cannot_write(
+    finished, tmp_path, monkeypatch, capsys
+):
+    directory = tmp_path / "copy"
+    shutil.copytree(finished[0], directory)
+    (directory / report_file.REPORT_FILE).unlink()
+
+    def refuse(*args):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(results, "write_report", refuse)
+    assert cli.main(["report", str(directory)]) == 0
+    assert "| rank | downsampling |" in capsys.readouterr().out
+    assert not (directory / report_file.REPORT_FILE).exists()
+
+
+def test_report_from_its_file_imports_no_pandas(report_directory, tmp_path):
+    """With report.md fresh, `kpool report` imports neither pandas, NumPy
+    nor scipy: it prints in a small part of a second."""
+    directory = tmp_path / "copy"
+    shutil.copytree(report_directory, directory)
+    (directory / report_file.REPORT_FILE).unlink(missing_ok=True)
+    script = (
+        "import sys\n"
+        "from kpool_cli import main\n"
+        "main(sys.argv[1:])\n"
+        "print(sorted(m for m in ('numpy', 'pandas', 'scipy', 'keras')"
+        " if m in sys.modules))\n"
+    )
+    arguments = [sys.executable, "-c", script, "report", str(directory)]
+    first = subprocess.run(arguments, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert "'pandas'" in first.stdout.rpartition("\n[")[2]
+    second = subprocess.run(arguments, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.endswith("\n[]\n")
+    report = first.stdout.rpartition("[")[0]
+    assert "| avg |" in report
+    assert second.stdout.rpartition("[")[0] == report
 
 
 def test_rerun_skips_finished_runs(finished, config_path, monkeypatch, capsys):
