@@ -36,6 +36,7 @@ versions, git commit and date in columns.
 """
 
 import argparse
+import csv
 import dataclasses
 import datetime
 import importlib.metadata
@@ -106,6 +107,7 @@ def kpool_ops(shape, data_format, samples):
     ops = kpool.ops
     df = data_format
     size = fractional_output_size(shape)
+    tensorflow = keras.backend.backend() == "tensorflow"
 
     def argmax_unpool(x):
         values, indices = ops.max_pool_with_argmax(x, 2, 2, data_format=df)
@@ -153,14 +155,16 @@ def kpool_ops(shape, data_format, samples):
             lambda x: ops.blur_pool(x, 3, 2, "zero", df),
         ),
         "fractional_max_pool": (
-            f"output {size[0]}x{size[1]}",
+            f"output {size[0]}x{size[1]}"
+            + (", one sequence per batch" if tensorflow else ""),
             lambda x: ops.fractional_max_pool(
                 x,
                 output_size=size,
-                pool_size=None
-                if keras.backend.backend() == "tensorflow"
-                else 2,
-                samples=samples,
+                pool_size=None if tensorflow else 2,
+                # tf.nn.fractional_max_pool draws one sequence of rows and
+                # one of columns for the whole batch; torch's, one per
+                # example and channel.
+                samples=samples[:1, :1] if tensorflow else samples,
                 data_format=df,
             ),
         ),
@@ -561,14 +565,17 @@ def _output_gradient(outputs):
     return keras.random.normal(tuple(outputs.shape), seed=1)
 
 
-def benchmark_peers(sizes=SIZES, repeats=30, warmup=5):
+def benchmark_peers(sizes=SIZES, repeats=30, warmup=5, ops=None):
     """One row per case, size and passes: kpool's and its peer's median
-    times from interleaved rounds, and their ratio."""
+    times from interleaved rounds, and their ratio. `ops`: the op names to
+    time (default all)."""
     compile_mode = bench.default_compile_mode()
     rows = []
     for shape in sizes:
         x = batch(shape)
         for case in peer_cases(shape):
+            if ops is not None and case.op not in ops:
+                continue
             match = values_match(case, x)
             for backward in (True, False):
                 steps = {
@@ -646,6 +653,14 @@ def git_state():
     }
 
 
+def kept_rows(path, ops, columns):
+    """The rows of the CSV at `path` for ops other than `ops`, with
+    `columns` (a column they lack is left empty)."""
+    with open(path, newline="") as f:
+        old = [row for row in csv.DictReader(f) if row["op"] not in ops]
+    return [{c: row.get(c, "") for c in columns} for row in old]
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", default="results/peers")
@@ -655,6 +670,13 @@ def parse_args(argv):
         "--allow-loaded",
         action="store_true",
         help=f"run above a load average of {QUIET_LOAD} (rows say quiet=False)",
+    )
+    parser.add_argument(
+        "--ops",
+        type=lambda text: text.split(","),
+        help="comma-separated op names: time only these, and replace "
+        "their rows in the backend's CSV (the others are kept, each row "
+        "with its own date, load and commit)",
     )
     parser.add_argument(
         "--smoke",
@@ -678,7 +700,15 @@ def main(argv=None):
     if args.smoke:
         sizes, repeats, warmup = (SMOKE_SIZE,), 2, 1
     others = bench.OthersCpu()
-    rows = benchmark_peers(sizes, repeats=repeats, warmup=warmup)
+    if args.ops is not None:
+        known = {case.op for case in peer_cases(SMOKE_SIZE)}
+        unknown = sorted(set(args.ops) - known)
+        if unknown:
+            raise SystemExit(
+                f"--ops: unknown op(s) {', '.join(unknown)}; the ops are "
+                f"{', '.join(sorted(known))}"
+            )
+    rows = benchmark_peers(sizes, repeats=repeats, warmup=warmup, ops=args.ops)
     others_cores = others.cores()
     load_after = load_average()
     run = {
@@ -699,6 +729,8 @@ def main(argv=None):
     }
     rows = [{**row, **run} for row in rows]
     path = os.path.join(args.output_dir, f"{backend}.csv")
+    if args.ops is not None and os.path.exists(path):
+        rows = kept_rows(path, args.ops, list(rows[0])) + rows
     bench.write_csv(rows, path)
     print(bench.format_table(rows, TABLE_COLUMNS))
     print(

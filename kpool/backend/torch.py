@@ -155,8 +155,15 @@ def adaptive_pool(inputs, output_size, mode, data_format):
 
     Also for the 1x1 level of a max pyramid: `amax`'s backward compares
     every cell with the maximum, while this one scatters to the maximum.
+    `None` (the `keras.ops` form) in a traced graph where the bins do not
+    divide the input: torch's ONNX export takes no such adaptive pooling.
     """
     x = _channels_first(inputs, data_format)
+    spatial = _spatial_shape(x)
+    if not values_known() and any(
+        n % b for n, b in zip(spatial, output_size, strict=True)
+    ):
+        return None
     pooled = _ADAPTIVE_POOLS[mode](x, output_size)
     return _as_data_format(pooled, data_format)
 
@@ -338,6 +345,24 @@ def disjoint_soft_pool(window, inputs):
     return _as_data_format(pooled, window.data_format)
 
 
+def same_max_pool(window, inputs):
+    """`keras.ops.max_pool(padding="same")` with its pads as Python ints:
+    torch's own padding where they are symmetric, else the input padded
+    with `-inf` (torch pools floats only). Keras pads an odd size by
+    `replicate`, by amounts that torch's ONNX export sees as unknown."""
+    x = _channels_first(inputs, window.data_format)
+    pads = window.same_pads(_spatial_shape(x))
+    if all(before == after for before, after in pads):
+        padding = [before for before, _ in pads]
+    else:
+        flat = [p for pair in reversed(pads) for p in pair]
+        x, padding = F.pad(x, flat, value=float("-inf")), 0
+    pooled = _MAX_POOLS[window.num_spatial_dims](
+        x, window.pool_size, window.strides, padding
+    )
+    return _as_data_format(pooled, window.data_format)
+
+
 def take_rows(x, cells, axis, channels_last):
     """`x`'s cells `cells` along `axis`, `cells` int `(rows, m)`: one row
     for every example and channel (a gather of whole slices), or one per
@@ -388,6 +413,7 @@ _FAST_PATHS = {
     "max_unpool": max_unpool,
     "order_statistics": order_statistics,
     "power_mean": power_mean,
+    "same_max_pool": same_max_pool,
     "stochastic_expectation": stochastic_expectation,
     "take_rows": take_rows,
     "value_range": value_range,

@@ -113,32 +113,11 @@ def mixed_pool(
         mixing = ops.cast(alpha, inputs.dtype)
     else:
         mixing = window.broadcast_channels(ops.cast(alpha, inputs.dtype))
-    max_pooled = max_pool(window, inputs)
+    max_pooled = window.max_pool(inputs)
     avg_pooled = window.average_pool(inputs, padded)
     if choose:
         return ops.where(mixing, max_pooled, avg_pooled)
     return mix(max_pooled, avg_pooled, mixing)
-
-
-def max_pool(window, inputs):
-    """`window.max_pool(inputs)`, of the input padded with `-inf` under
-    `"same"`: Keras's torch max pooling pads by amounts that torch's ONNX
-    export sees as unknown where the input's size is odd."""
-    if window.padding == "valid":
-        return window.max_pool(inputs)
-    pads = window.same_pads(window.spatial_shape(inputs.shape))
-    padded = ops.pad(
-        inputs,
-        window.full_shape(pads, (0, 0)),
-        constant_values=float("-inf"),
-    )
-    return ops.max_pool(
-        padded,
-        pool_size=window.pool_size,
-        strides=window.strides,
-        padding="valid",
-        data_format=window.data_format,
-    )
 
 
 def mix(max_pooled, avg_pooled, mixing):

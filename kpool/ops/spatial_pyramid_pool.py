@@ -3,7 +3,7 @@ import numbers
 from keras import ops
 
 from kpool import backend
-from kpool.ops.windows import Window, as_tensor
+from kpool.ops.windows import Window, as_tensor, unit_slice
 
 MODES = ("max", "average")
 
@@ -104,15 +104,47 @@ def spatial_pyramid_pool(inputs, bins=(1, 2, 4), mode="max", data_format=None):
     fast = backend.fast_path("adaptive_pool", inputs) if static else None
     levels = []
     for level in bins:
-        if fast is not None:
-            pooled = fast(inputs, level, mode, window.data_format)
-        elif level == (1, 1):
-            reduce = ops.max if mode == "max" else ops.mean
-            pooled = reduce(inputs, axis=window.spatial_axes(), keepdims=True)
-        else:
-            pooled = dynamic_adaptive_pool(inputs, level, mode, window)
+        # The fast path may decline (None) a level it cannot export.
+        pooled = fast and fast(inputs, level, mode, window.data_format)
+        if pooled is None:
+            pooled = _adaptive_pool(inputs, level, mode, window, static)
         levels.append(ops.reshape(pooled, (-1, channels * level[0] * level[1])))
     return levels[0] if len(levels) == 1 else ops.concatenate(levels, axis=-1)
+
+
+def _adaptive_pool(inputs, level, mode, window, static):
+    if level == (1, 1):
+        reduce = ops.max if mode == "max" else ops.mean
+        return reduce(inputs, axis=window.spatial_axes(), keepdims=True)
+    if static:
+        return static_adaptive_pool(inputs, level, mode, window)
+    return dynamic_adaptive_pool(inputs, level, mode, window)
+
+
+def static_adaptive_pool(inputs, output_size, mode, window):
+    """Adaptive pooling to `output_size` for known spatial dims, the bins
+    of `keras.ops.adaptive_max_pool`: along each dim, a reshape into equal
+    bins where they divide it, else one reduction of a slice per bin. One
+    pass over the input per dim, where `dynamic_adaptive_pool`'s masks
+    take one per bin (20x the time of a reduce_window on JAX, forward)."""
+    reduce = ops.max if mode == "max" else ops.mean
+    pooled = inputs
+    for axis, bins in zip(window.spatial_axes(), output_size, strict=True):
+        # A Python int: torch's tracer (ONNX export) gives a size whose
+        # arithmetic it records, and exports `//` as a truncating Div.
+        n = int(pooled.shape[axis])
+        if n % bins == 0:
+            shape = [-1, *pooled.shape[1:]]
+            shape[axis : axis + 1] = [bins, n // bins]
+            pooled = reduce(ops.reshape(pooled, shape), axis=axis + 1)
+            continue
+        parts = []
+        for i in range(bins):
+            start, end = (i * n) // bins, -(-(i + 1) * n // bins)
+            part = unit_slice(pooled, axis, start, end - start)
+            parts.append(reduce(part, axis=axis, keepdims=True))
+        pooled = ops.concatenate(parts, axis=axis)
+    return pooled
 
 
 def dynamic_adaptive_pool(inputs, output_size, mode, window):

@@ -81,9 +81,26 @@ def stochastic_pool(
     else:
         outputs = _fast_expectation(window, activations)
         if outputs is None:
-            scale = _scale(window, activations)
-            outputs = expectation(window, activations, scale)
+            outputs = _checked_expectation(window, activations)
     return ops.cast(outputs, dtype)
+
+
+def _checked_expectation(window, activations):
+    """`expectation`, rescaled only where it must be: the window means of
+    `a` and `a**2` alone give it wherever every output is finite (no
+    square overflowed, no NaN or inf in the input); else the rescaled form
+    runs. A compiled graph holds both, chosen by `keras.ops.cond` on the
+    outputs, a fraction of the input's size: the per-channel maxima of the
+    rescaled form cost a pass over the input forward and more backward."""
+    padded = window.zero_pad(activations)
+    mean = window.window_means(padded)
+    mean_square = window.window_means(window.zero_pad(ops.square(activations)))
+    plain = mean_square / ops.where(mean > 0, mean, ops.ones_like(mean))
+    return backend.cond(
+        ops.all(ops.isfinite(plain)),
+        lambda: plain,
+        lambda: expectation(window, activations, _scale(window, activations)),
+    )
 
 
 def _fast_expectation(window, activations):

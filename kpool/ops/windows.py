@@ -21,6 +21,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from kpool import backend
+
 
 def standardize_tuple(value, num_spatial_dims, name):
     """Returns `value` (an int or a sequence of ints) as a positive tuple."""
@@ -206,6 +208,14 @@ class Window:
         return (input_shape[0], input_shape[1], *spatial)
 
     def max_pool(self, inputs):
+        """`keras.ops.max_pool` over these windows. Under `"same"` on
+        torch, the backend's form (`kpool.backend.torch.same_max_pool`):
+        Keras's torch max pooling pads an odd size by amounts that torch's
+        ONNX export sees as unknown."""
+        if self.padding == "same":
+            fast = backend.fast_path("same_max_pool", inputs, self)
+            if fast is not None:
+                return fast(self, inputs)
         return ops.max_pool(
             inputs,
             pool_size=self.pool_size,

@@ -112,3 +112,30 @@ def test_refuses_a_loaded_machine(bench_peers, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="load average"):
         main(["--output-dir", str(tmp_path)])
     assert not os.listdir(tmp_path)
+
+
+def test_ops_replaces_only_their_rows(bench_peers, tmp_path):
+    main = bench_peers["main"]
+    main(["--smoke", "--output-dir", str(tmp_path)])
+    path = tmp_path / f"{keras.backend.backend()}.csv"
+    with open(path, newline="") as f:
+        before = list(csv.DictReader(f))
+    main(["--smoke", "--output-dir", str(tmp_path), "--ops", "min_pool"])
+    with open(path, newline="") as f:
+        after = list(csv.DictReader(f))
+    assert len(after) == len(before)
+    kept = [row for row in before if row["op"] != "min_pool"]
+    assert after[: len(kept)] == kept
+    new = after[len(kept) :]
+    assert {(row["op"], row["passes"]) for row in new} == {
+        ("min_pool", "fwd+bwd"),
+        ("min_pool", "fwd"),
+    }
+
+
+def test_ops_names_an_unknown_op(bench_peers, tmp_path):
+    with pytest.raises(SystemExit, match="--ops: unknown op.*min_pooling"):
+        bench_peers["main"](
+            ["--smoke", "--output-dir", str(tmp_path), "--ops", "min_pooling"]
+        )
+    assert not os.listdir(tmp_path)

@@ -396,16 +396,22 @@ def test_one_sequence_for_all_is_the_same_sequence_for_each(
     np.testing.assert_array_equal(gradient, expected_gradient)
 
 
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("rank", [2, 3])
 @pytest.mark.parametrize("shared", [False, True])
-def test_fast_path_matches_keras_ops_form(monkeypatch, rng, rank, shared):
+def test_fast_path_matches_keras_ops_form(
+    monkeypatch, rng, rank, shared, data_format
+):
     skip_without_fast_path("take_rows")
-    x = inputs(rng, rank, "channels_last")
+    x = inputs(rng, rank, data_format)
     samples = rng.uniform(size=(1, 1, rank) if shared else (2, 3, rank))
     assert_same_outputs_and_gradients(
         monkeypatch,
         lambda x: kpool.ops.fractional_max_pool(
-            x, output_ratio=0.7, samples=samples.astype("float32")
+            x,
+            output_ratio=0.7,
+            samples=samples.astype("float32"),
+            data_format=data_format,
         ),
         x,
         rng,

@@ -2,9 +2,14 @@ import numpy as np
 import pytest
 import reference
 
+import kpool
 from kpool import layers
 
 from .cases import WINDOW_CASES, random_input, window_args
+from .fast_paths import (
+    assert_same_outputs_and_gradients,
+    skip_without_fast_path,
+)
 from .gradients import layer_gradients
 
 MIN_POOLINGS = {
@@ -50,3 +55,24 @@ def test_gradient_reaches_each_windows_minimum(rng):
     chosen = np.take_along_axis(indices, minimum, axis=-2)[..., 0, :]
     expected = reference.gradient_of_chosen(x.shape, chosen, upstream)
     np.testing.assert_allclose(input_gradient, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("size", [5, 6, 7, 8])
+@pytest.mark.parametrize("pool, stride", [(2, 2), (3, 2), (2, 3), (3, 1)])
+def test_same_max_pool_fast_path_matches_keras_ops_form(
+    monkeypatch, rng, data_format, size, pool, stride
+):
+    """Max pooling under "same" (torch: its own padding where symmetric,
+    else the lowest value as padding), as min pooling uses it."""
+    args = window_args(2, "same", data_format, pool, stride)
+    skip_without_fast_path("same_max_pool")
+    shape = (2, size, size + 1, 3)
+    if data_format == "channels_first":
+        shape = (2, 3, size, size + 1)
+    x = rng.standard_normal(shape).astype("float32")
+    outputs = assert_same_outputs_and_gradients(
+        monkeypatch, lambda x: kpool.ops.min_pool(x, **args), x, rng
+    )
+    expected = reference.pool(x, reference.min_pool, **args)
+    np.testing.assert_allclose(outputs, expected, rtol=1e-6)

@@ -28,21 +28,12 @@ def argmax_and_unpool(inputs):
     return layers.MaxUnpooling2D(2, output_size=(9, 9))(values, indices)
 
 
-TORCH = keras.backend.backend() == "torch"
-
 # (id, layer or function of the inputs, channels_first, marks).
 CASES = [
     (
         "min",
         lambda: layers.MinPooling2D(**SAME),
         False,
-        pytest.mark.xfail(
-            TORCH,
-            strict=True,
-            reason="min_pool's keras.ops.max_pool(padding='same'): on a 9x9 "
-            "input Keras's torch pooling pads by traced sizes, which torch's "
-            "ONNX export refuses (so does Keras's own MaxPooling2D)",
-        ),
     ),
     ("global-min", lambda: layers.GlobalMinPooling2D(), False),
     (
@@ -84,13 +75,9 @@ CASES = [
         "spp",
         lambda: layers.SpatialPyramidPooling2D(bins=(1, 2)),
         False,
-        pytest.mark.xfail(
-            TORCH,
-            strict=True,
-            reason="torch's ONNX export takes no adaptive_max_pool2d to an "
-            "output size that does not divide the input's (2 bins of 9)",
-        ),
     ),
+    # 9x9 into 3 bins: torch's adaptive pooling, which exports.
+    ("spp-dividing", lambda: layers.SpatialPyramidPooling2D(bins=(3,)), False),
     ("blur", lambda: layers.BlurPooling2D(filter_size=3, strides=2), False),
     ("max-blur", lambda: layers.MaxBlurPooling2D(2, 2, filter_size=3), False),
     ("soft-overlapping", lambda: layers.SoftPooling2D(**SAME), False),

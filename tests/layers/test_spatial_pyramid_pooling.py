@@ -42,9 +42,10 @@ def torch_pyramid(x, bins, mode, data_format):
 
 @pytest.mark.parametrize("mode", ["max", "average"])
 @pytest.mark.parametrize("data_format", DATA_FORMATS)
-@pytest.mark.parametrize("size", [(13, 10), (4, 3)])
+@pytest.mark.parametrize("size", [(13, 10), (4, 3), (8, 12)])
 def test_matches_torch_adaptive_pooling(rng, mode, data_format, size):
-    # (4, 3) is smaller than the 4x4 level: bins share cells.
+    # (4, 3) is smaller than the 4x4 level: bins share cells. (8, 12): the
+    # bins of every level divide both dims.
     x = images(rng, data_format, size)
     bins = [1, 2, (4, 3)]
     layer = layers.SpatialPyramidPooling2D(bins, mode, data_format)

@@ -8,7 +8,7 @@ mode (`random.uniform`). Every piece is TensorFlow's own ops, so exported
 models serve without kpool.
 """
 
-from kpool.backend.tensorflow import random, windows
+from kpool.backend.tensorflow import gather, random, windows
 
 
 def in_xla():
@@ -30,6 +30,8 @@ def fast_path(name, window=None):
         return None
     if name == "running_sums":
         return windows.running_sums
+    if name == "take_rows":
+        return gather.take_rows
     # One depthwise convolution per axis runs about as fast as max pooling
     # in TensorFlow's graph mode; the slices XLA fuses take 3x as long.
     if name == "blur_filter_axis":
