@@ -7,9 +7,12 @@
 #   and formats; jax and torch run a sample of it (tests/conftest.py).
 # - The harness (tests/harness) runs under jax, the backend of the GPU
 #   path, and tensorflow, the default; augmentation and metrics also under
-#   torch. The benchmark scripts (tests/experiments) run under tensorflow;
-#   the peer benchmark under every backend, the GPU benchmark also under
-#   jax.
+#   torch. The command's end-to-end tests run under jax, and the two that
+#   do not depend on the backend (table columns, shards merged) under
+#   tensorflow. Every model family with every choice is built under
+#   tensorflow; jax builds each choice in one family. The benchmark
+#   scripts (tests/experiments) run under tensorflow; the peer benchmark
+#   under every backend, the GPU benchmark under jax only.
 # - Facts that hold whatever the backend (shipped configs, the package's
 #   import floors, SciPy equivalences) run once.
 #
@@ -40,6 +43,11 @@ once=(tests/harness/test_configs_shipped.py
 harness_tf=(tests/harness tests/experiments
   --ignore=tests/harness/test_configs_shipped.py
   --ignore=tests/harness/test_scipy_equivalence.py)
+# Of the command's end-to-end tests (test_cli.py, run under jax in lane
+# A), tensorflow runs the two it alone runs and its own; the GPU
+# benchmark's test runs under jax only (it must run without TensorFlow).
+harness_tf_skip="(not test_cli or test_tables_columns_and_values or \
+test_shards_then_merge or tensorflow) and not test_bench_gpu_script"
 # The harness under jax, the GPU path's backend, in two parts so that the
 # lanes take about as long: the command's end-to-end runs, the GPU
 # benchmark (which must run without TensorFlow) and the once-only tests in
@@ -76,7 +84,7 @@ group() {
 
 lane_a() {
   group tensorflow tests/layers &&
-    group tensorflow "${harness_tf[@]}" &&
+    group tensorflow "${harness_tf[@]}" -k "$harness_tf_skip" &&
     group torch tests/layers tests/harness/test_augment.py \
       tests/harness/test_metrics.py tests/experiments/test_bench_peers.py &&
     group jax "${jax_cli[@]}" -k "$jax_cli_skip"

@@ -105,57 +105,43 @@ def soft_reduce(cells, axes):
 
 def _disjoint_soft_pool(window, x):
     """SoftPool of windows that do not overlap (`strides >= pool_size`), in
-    one or two spatial dims, from the built-in poolings: each window's
-    maximum by `max_pool`, broadcast back over the window's cells by a
-    reshape that splits each dim into `(out, s)` (rank 5 at most, TFLite's
-    limit), and `soft_reduce`'s two window sums by `average_pool`. On
-    TensorFlow this takes a fifth of the time of reducing over the
-    reshaped windows' axes."""
-    x, outs = _whole_windows(window, x)
-    pooling = {
-        "pool_size": window.pool_size,
-        "strides": window.strides,
-        "padding": "valid",
-        "data_format": window.data_format,
-    }
-    peak = ops.stop_gradient(ops.max_pool(x, **pooling))
-    # (batch * out_0 [* channels], s_0, [out_1, s_1,] [channels]).
-    split, broadcast = [-1, window.strides[0]], [-1, 1]
-    for out, s in zip(outs[1:], window.strides[1:], strict=True):
-        split += [out, s]
-        broadcast += [out, 1]
-    if window.channels_last:
-        split.append(x.shape[-1])
-        broadcast.append(x.shape[-1])
-    shifted = ops.reshape(x, split) - ops.reshape(peak, broadcast)
-    # As in `soft_reduce`; cells between windows (strides > pool_size) are
-    # clipped to 0 too: their exponentials are read by nothing, and must
-    # not overflow.
-    shifted = ops.reshape(ops.clip(shifted, -1e4, 0.0), ops.shape(x))
-    exponentials = ops.exp(shifted)
-    weights = ops.average_pool(exponentials, **pooling)
-    pooled = ops.average_pool(shifted * exponentials, **pooling)
-    pooled = ops.where(ops.isinf(peak), peak, peak + pooled / weights)
-    # A window of only -inf weighs 0: TensorFlow's max pooling gives it the
-    # lowest finite float, not -inf.
-    return ops.where(weights == 0, float("-inf"), pooled)
-
-
-def _whole_windows(window, x):
-    """`x` padded (with `-inf`, which weighs 0) or cropped to `s * out`
-    cells along each spatial dim, and the output's spatial shape."""
+    one or two spatial dims: each dim split into `(out, s)` by a reshape,
+    so the windows are a view of the (padded) input, and the reduction
+    runs over the window axes of a tensor of rank 5 at most (TFLite's
+    limit)."""
     spatial = window.spatial_shape(x.shape)
     pads = window.same_pads(spatial) if window.padding == "same" else None
     outs = window.output_spatial_shape(x.shape)
-    pairs = []
+    # Pad or crop each dim to `s * out` cells, padded cells `-inf`.
+    pairs, starts, sizes = [], [], []
     for d, (n, s, out) in enumerate(
         zip(spatial, window.strides, outs, strict=True)
     ):
         before = pads[d][0] if pads else 0
-        x = unit_slice(x, window.spatial_axes()[d], 0, min(n, s * out - before))
-        pairs.append((before, max(s * out - n - before, 0)))
+        after = max(s * out - n - before, 0)
+        pairs.append((before, after))
+        starts.append(0)
+        sizes.append(s * out)
     if any(before or after for before, after in pairs):
         x = ops.pad(
             x, window.full_shape(pairs, (0, 0)), constant_values=float("-inf")
         )
-    return x, outs
+    for d, size in enumerate(sizes):
+        x = unit_slice(x, window.spatial_axes()[d], 0, size)
+    # (batch * out_0 [* channels], s_0, [out_1, s_1,] [channels]).
+    shape = list(ops.shape(x))
+    view = []
+    for out, s in zip(outs, window.strides, strict=True):
+        view += [out, s]
+    view[0] = -1
+    if window.channels_last:
+        view.append(shape[-1])
+    cells = ops.reshape(x, view)
+    axes = [1 + 2 * d for d in range(window.num_spatial_dims)]
+    for axis, k in zip(axes, window.pool_size, strict=True):
+        cells = unit_slice(cells, axis, 0, k)
+    pooled = soft_reduce(cells, axes)
+    shape[0] = -1
+    for axis, out in zip(window.spatial_axes(), outs, strict=True):
+        shape[axis] = out
+    return ops.reshape(pooled, shape)

@@ -1,4 +1,5 @@
 import dataclasses
+import os
 
 import keras
 import numpy as np
@@ -65,8 +66,24 @@ def pooling_layers(model):
     ]
 
 
-@pytest.mark.parametrize("downsampling", DOWNSAMPLING_CHOICES)
-@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def family_choice_cases():
+    """Every family with every choice on TensorFlow, the backend that runs
+    the full grids (tests/conftest.py). Elsewhere, where each choice's
+    layers have their own tests (tests/layers), every choice in the small
+    CNN and every family with max pooling (KPOOL_FULL_GRID=1: all)."""
+    full = (
+        keras.backend.backend() == "tensorflow"
+        or os.environ.get("KPOOL_FULL_GRID") == "1"
+    )
+    return [
+        (family, downsampling)
+        for family in MODEL_FAMILIES
+        for downsampling in DOWNSAMPLING_CHOICES
+        if full or family == "small_cnn" or downsampling == "max"
+    ]
+
+
+@pytest.mark.parametrize("family, downsampling", family_choice_cases())
 def test_every_family_and_choice_runs(family, downsampling):
     model = build(family, downsampling)
     logits = model(IMAGES, training=True)

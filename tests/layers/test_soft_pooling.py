@@ -245,6 +245,7 @@ SOFT_PATH_CASES = [
         (2, "same", "channels_first", 2, 2),
         (2, "same", "channels_last", 2, 3),
         (1, "valid", "channels_first", 3, 4),
+        (1, "same", "channels_last", 2, 3),
         (3, "same", "channels_first", 2, 2),
         (2, "same", "channels_last", 3, 2),
     )
@@ -253,8 +254,9 @@ SOFT_PATH_CASES = [
 
 @pytest.mark.parametrize("case", SOFT_PATH_CASES)
 def test_fast_path_matches_keras_ops_form(monkeypatch, rng, case):
-    skip_without_fast_path("disjoint_soft_pool")
     rank, padding, data_format, pool, stride = case
+    window = Window(rank, pool, stride, padding, data_format)
+    skip_without_fast_path("disjoint_soft_pool", window)
     x = 2 * sample(rng, rank, data_format, SPATIAL[rank])
     assert_same_outputs_and_gradients(
         monkeypatch,

@@ -8,7 +8,7 @@ mode (`random.uniform`). Every piece is TensorFlow's own ops, so exported
 models serve without kpool.
 """
 
-from kpool.backend.tensorflow import gather, random, windows
+from kpool.backend.tensorflow import gather, random, soft_pool, windows
 
 
 def in_xla():
@@ -32,6 +32,13 @@ def fast_path(name, window=None):
         return windows.running_sums
     if name == "take_rows":
         return gather.take_rows
+    # TensorFlow's CPU poolings take channels last only.
+    if (
+        name == "disjoint_soft_pool"
+        and window.num_spatial_dims < 3
+        and window.channels_last
+    ):
+        return soft_pool.disjoint_soft_pool
     # One depthwise convolution per axis runs about as fast as max pooling
     # in TensorFlow's graph mode; the slices XLA fuses take 3x as long.
     if name == "blur_filter_axis":

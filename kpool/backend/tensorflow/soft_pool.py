@@ -1,0 +1,57 @@
+def disjoint_soft_pool(window, x):
+    """SoftPool of windows that do not overlap (`strides >= pool_size`), in
+    one or two spatial dims, channels last, from TensorFlow's poolings: each window's
+    maximum by `max_pool`, broadcast back over the window's cells by a
+    reshape that splits each dim into `(out, s)` (rank 5 at most, TFLite's
+    limit), and the two window sums of `m + sum((x - m) e) / sum(e)`, `e =
+    exp(x - m)`, by `avg_pool`. Outside XLA each op is a pass of its own,
+    and the `keras.ops` form's reductions over the reshaped windows' axes
+    take 2.5-5x as long (forward); under XLA that form fuses and is the
+    faster one.
+    """
+    import tensorflow as tf
+
+    n = window.num_spatial_dims
+    spatial = window.spatial_shape(x.shape)
+    pads = window.same_pads(spatial) if window.padding == "same" else None
+    outs = window.output_spatial_shape(x.shape)
+    # Each dim cropped, or padded with -inf (which weighs 0), to s * out.
+    crop = [slice(None)] * len(x.shape)
+    pairs = []
+    for d, (length, s, out) in enumerate(
+        zip(spatial, window.strides, outs, strict=True)
+    ):
+        before = pads[d][0] if pads else 0
+        crop[window.spatial_axes()[d]] = slice(0, min(length, s * out - before))
+        pairs.append((before, max(s * out - length - before, 0)))
+    x = x[tuple(crop)]
+    if any(before or after for before, after in pairs):
+        x = tf.pad(
+            x, window.full_shape(pairs, (0, 0)), constant_values=float("-inf")
+        )
+    pooling = {
+        "ksize": list(window.pool_size),
+        "strides": list(window.strides),
+        "padding": "VALID",
+        "data_format": ("NWC", "NHWC")[n - 1],
+    }
+    peak = tf.stop_gradient(tf.nn.max_pool(x, **pooling))
+    # (batch * out_0 [* channels], s_0, [out_1, s_1,] [channels]).
+    split, broadcast = [-1, window.strides[0]], [-1, 1]
+    for out, s in zip(outs[1:], window.strides[1:], strict=True):
+        split += [out, s]
+        broadcast += [out, 1]
+    split.append(x.shape[-1])
+    broadcast.append(x.shape[-1])
+    shifted = tf.reshape(x, split) - tf.reshape(peak, broadcast)
+    # Cells between windows (strides > pool_size) are clipped to 0 too:
+    # their exponentials are read by nothing, and must not overflow. -inf
+    # cells add 0 * -1e4, not 0 * -inf.
+    shifted = tf.reshape(tf.clip_by_value(shifted, -1e4, 0.0), tf.shape(x))
+    exponentials = tf.exp(shifted)
+    weights = tf.nn.avg_pool(exponentials, **pooling)
+    pooled = tf.nn.avg_pool(shifted * exponentials, **pooling)
+    pooled = tf.where(tf.math.is_inf(peak), peak, peak + pooled / weights)
+    # A window of only -inf weighs 0: TensorFlow's max pooling gives it the
+    # lowest finite float, not -inf.
+    return tf.where(weights == 0, tf.constant(float("-inf"), x.dtype), pooled)
