@@ -77,14 +77,3 @@ def running_sums(window, windows):
     if fast is not None:
         return fast(window, windows)
     return keras.ops.cumsum(windows, axis=window.window_axis)
-
-
-def cond(pred, fast_fn, safe_fn):
-    """`keras.ops.cond(pred, fast_fn, safe_fn)`, for a `safe_fn` that is
-    right whatever `pred` says and a `fast_fn` right only where it holds.
-    A torch graph being traced (ONNX export, `torch.compile`) takes
-    `safe_fn`: torch's `cond` is a Python `if`, which tracing would freeze
-    on the traced example's branch."""
-    if keras.config.backend() == "torch" and not values_known(pred):
-        return safe_fn()
-    return keras.ops.cond(pred, fast_fn, safe_fn)

@@ -168,9 +168,10 @@ def adaptive_pool(inputs, output_size, mode, data_format):
     return _as_data_format(pooled, data_format)
 
 
-def stochastic_expectation(window, activations, rescale_above):
+def stochastic_expectation(window, activations, rescale_above, safe):
     """`sum a**2 / sum a` over each window, as two average poolings, or
-    `None` where an activation exceeds `rescale_above` or is NaN or inf.
+    `safe()` (the `keras.ops` form) where an activation exceeds
+    `rescale_above` or is NaN or inf.
 
     The `keras.ops` form rescales every channel by its largest finite
     activation, where that is large, so that the squares do not overflow;
@@ -181,7 +182,7 @@ def stochastic_expectation(window, activations, rescale_above):
     `keras.ops` form: there the reduction's value is not known.
     """
     if not values_known() or not bool(activations.max() <= rescale_above):
-        return None
+        return safe()
     n = window.num_spatial_dims
     x = _zero_pad(window, _channels_first(activations, window.data_format))
     pool = _AVG_POOLS[n]

@@ -79,37 +79,21 @@ def stochastic_pool(
     if training:
         outputs = sample(window, activations, _scale(window, activations), seed)
     else:
-        outputs = _fast_expectation(window, activations)
-        if outputs is None:
-            outputs = _checked_expectation(window, activations)
+        outputs = _expectation(window, activations)
     return ops.cast(outputs, dtype)
 
 
-def _checked_expectation(window, activations):
-    """`expectation`, rescaled only where it must be: the window means of
-    `a` and `a**2` alone give it wherever every output is finite (no
-    square overflowed, no NaN or inf in the input); else the rescaled form
-    runs. A compiled graph holds both, chosen by `keras.ops.cond` on the
-    outputs, a fraction of the input's size: the per-channel maxima of the
-    rescaled form cost a pass over the input forward and more backward."""
-    padded = window.zero_pad(activations)
-    mean = window.window_means(padded)
-    mean_square = window.window_means(window.zero_pad(ops.square(activations)))
-    plain = mean_square / ops.where(mean > 0, mean, ops.ones_like(mean))
-    return backend.cond(
-        ops.all(ops.isfinite(plain)),
-        lambda: plain,
-        lambda: expectation(window, activations, _scale(window, activations)),
-    )
+def _expectation(window, activations):
+    """`expectation`, by the backend's form where it has one: each is
+    handed the `keras.ops` form (rescaled) for the inputs it cannot take."""
 
+    def rescaled():
+        return expectation(window, activations, _scale(window, activations))
 
-def _fast_expectation(window, activations):
-    """The backend's `expectation` for activations that need no rescaling
-    (it tells by their values, so it runs eagerly), or `None`."""
     fast = backend.fast_path("stochastic_expectation", activations, window)
     if fast is None:
-        return None
-    return fast(window, activations, _RESCALE_ABOVE)
+        return rescaled()
+    return fast(window, activations, _RESCALE_ABOVE, rescaled)
 
 
 def _scale(window, activations):

@@ -8,7 +8,13 @@ mode (`random.uniform`). Every piece is TensorFlow's own ops, so exported
 models serve without kpool.
 """
 
-from kpool.backend.tensorflow import gather, random, soft_pool, windows
+from kpool.backend.tensorflow import (
+    gather,
+    random,
+    soft_pool,
+    stochastic,
+    windows,
+)
 
 
 def in_xla():
@@ -32,6 +38,8 @@ def fast_path(name, window=None):
         return windows.running_sums
     if name == "take_rows":
         return gather.take_rows
+    if name == "stochastic_expectation":
+        return stochastic.stochastic_expectation
     # TensorFlow's CPU poolings take channels last only.
     if (
         name == "disjoint_soft_pool"

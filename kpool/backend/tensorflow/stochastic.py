@@ -1,0 +1,21 @@
+def stochastic_expectation(window, activations, rescale_above, safe):
+    """`sum a**2 / sum a` over each window of `activations` (`a >= 0`), as
+    two window means, wherever that comes out finite; else `safe()`, the
+    `keras.ops` form, which rescales large activations first.
+
+    The rescaling takes each example's channel's largest finite activation
+    and divides by it: passes over the input, forward and backward, for
+    activations above `rescale_above` (2**30), which are rare, and whose
+    squares overflow to inf (or NaN, with inf or NaN in the input) in the
+    plain form. A `tf.cond` on the plain outputs, a fraction of the
+    input's size, runs the rescaled form only then; TFLite and ONNX take
+    it as an `If`. (Under XLA, and on JAX, the `keras.ops` form stays: a
+    `cond` there cost more than it saved.)
+    """
+    import tensorflow as tf
+
+    del rescale_above  # Overflow shows in the outputs.
+    mean = window.window_means(window.zero_pad(activations))
+    mean_square = window.window_means(window.zero_pad(activations**2))
+    plain = mean_square / tf.where(mean > 0, mean, tf.ones_like(mean))
+    return tf.cond(tf.reduce_all(tf.math.is_finite(plain)), lambda: plain, safe)
