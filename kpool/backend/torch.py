@@ -334,16 +334,63 @@ def disjoint_soft_pool(window, inputs):
     for out, s in zip(outs, strides, strict=True):
         split += [out, s]
         broadcast += [out, 1]
-    # Cells between windows (strides > pool_size) are clipped to 0 too:
-    # their exponentials are read by nothing, and must not overflow.
-    shifted = (x.reshape(split) - peak.reshape(broadcast)).reshape(x.shape)
-    shifted = shifted.clamp(-1e4, 0.0)
-    exponentials = shifted.exp()
-    pool = _AVG_POOLS[n]
-    pooled = pool(shifted * exponentials, kernel, strides)
-    pooled = peak + pooled / pool(exponentials, kernel, strides)
+    if kernel == strides and values_known():
+        relative = _TiledSoftPool.apply(x, peak, split, broadcast, n)
+        pooled = peak + relative
+    else:
+        # Cells between windows (strides > pool_size) are clipped to 0 too:
+        # their exponentials are read by nothing, and must not overflow.
+        shifted = x.reshape(split) - peak.reshape(broadcast)
+        shifted = shifted.reshape(x.shape).clamp(-1e4, 0.0)
+        exponentials = shifted.exp()
+        pool = _AVG_POOLS[n]
+        pooled = pool(shifted * exponentials, kernel, strides)
+        pooled = peak + pooled / pool(exponentials, kernel, strides)
     pooled = torch.where(peak.isinf(), peak, pooled)
     return _as_data_format(pooled, window.data_format)
+
+
+class _TiledSoftPool(torch.autograd.Function):
+    """`sum(s e) / sum(e)` over windows that tile channels-first `x`
+    (`pool_size == strides`), `s = x - m` clipped at -1e4 (so that `-inf`
+    cells add `0 * -1e4`), `e = exp(s)`, with `m` the window maxima
+    (`peak`, no gradient), and its gradient written out:
+    `e / sum(e) * (1 + s - y)` for each cell of a window with output `y`.
+    Autograd's graph of the same formula keeps four tensors of the input's
+    size and makes six more in its backward; this keeps `s` and `e`, and
+    its forward works in place when no gradient is needed. Eager only: a
+    traced graph (ONNX export) records the plain ops instead.
+    """
+
+    @staticmethod
+    def forward(ctx, x, peak, split, broadcast, n):
+        kernel = tuple(split[3::2])
+        shifted = x.reshape(split) - peak.reshape(broadcast)
+        shifted.clamp_(-1e4, 0.0)
+        exponentials = shifted.exp()
+        pool = _AVG_POOLS[n]
+        sums = pool(exponentials.view(x.shape), kernel, kernel)
+        needs_gradient = ctx.needs_input_grad[0]
+        if needs_gradient:
+            products = shifted * exponentials
+        else:
+            products = shifted.mul_(exponentials)
+        relative = pool(products.view(x.shape), kernel, kernel) / sums
+        if needs_gradient:
+            ctx.save_for_backward(shifted, exponentials, sums, relative)
+            ctx.shapes = (tuple(x.shape), broadcast, math.prod(kernel))
+        return relative
+
+    @staticmethod
+    def backward(ctx, grad):
+        shifted, exponentials, sums, relative = ctx.saved_tensors
+        shape, broadcast, count = ctx.shapes
+        # `sums` are window means: the window sums are `count` times them.
+        scale = (grad / (sums * count)).reshape(broadcast)
+        offset = (1 - relative).reshape(broadcast)
+        gradient = shifted + offset
+        gradient.mul_(exponentials).mul_(scale)
+        return gradient.view(shape), None, None, None, None
 
 
 def same_max_pool(window, inputs):
