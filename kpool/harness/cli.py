@@ -169,8 +169,6 @@ def _report(args):
     # now, spares importing pandas and scipy (a second on 2 cores).
     text = report_file.read_report(args.directory)
     if text is None:
-        if not os.path.isdir(args.directory):
-            raise FileNotFoundError(f"No such directory: {args.directory}")
         from kpool.harness import results
 
         text = results.directory_report(args.directory)

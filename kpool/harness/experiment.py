@@ -368,7 +368,7 @@ def run_experiment(config, *, shard=None, verbose=1, out=None):
     )
 
     directory.mkdir(parents=True, exist_ok=True)
-    with report_file.atomic_open(directory / results.CONFIG_FILE) as f:
+    with results.atomic_open(directory / results.CONFIG_FILE) as f:
         yaml.safe_dump(config_data, f, sort_keys=False)
     where = f"shard {shard[0]}/{shard[1]}: " if shard else ""
     say(
