@@ -21,6 +21,7 @@ _AVG_POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _LP_POOLS = {1: F.lp_pool1d, 2: F.lp_pool2d, 3: F.lp_pool3d}
 _MAX_POOLS = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_FRACTIONAL_POOLS = {2: F.fractional_max_pool2d, 3: F.fractional_max_pool3d}
 _ADAPTIVE_POOLS = {
     "max": F.adaptive_max_pool2d,
     "average": F.adaptive_avg_pool2d,
@@ -437,6 +438,39 @@ def take_rows(x, cells, axis, channels_last):
     return x.gather(axis, index.expand(target))
 
 
+def fractional_max_pool(inputs, pool_size, output_size, samples, data_format):
+    """`F.fractional_max_pool2d/3d` over torch's windows (`pool_size`) and
+    pseudo-random sequences: `(pooled, int32 indices)`, or `None` where it
+    would not give kpool's regions or cannot run.
+
+    `samples` are float32 `(batch or 1, channels or 1, rank)` in the
+    spatial dims' order; torch's 2D op takes width's first. torch computes
+    the sequences in the input's dtype and kpool in float32, so inputs of
+    16 bits are pooled in float32 (their maxima are exact there) and
+    float64 and integer ones are left to the `keras.ops` form. Nor is it
+    traced: the ONNX export has no fractional max pooling."""
+    rank = len(pool_size)
+    if rank not in _FRACTIONAL_POOLS or not values_known():
+        return None
+    if not inputs.is_floating_point() or inputs.dtype == torch.float64:
+        return None
+    x = _channels_first(inputs, data_format)
+    x32 = x.float()
+    batch, channels = x.shape[:2]
+    samples = samples.float().expand(batch, channels, rank)
+    if rank == 2:
+        samples = samples.flip(-1)
+    pooled, indices = _FRACTIONAL_POOLS[rank](
+        x32,
+        pool_size,
+        output_size=output_size,
+        return_indices=True,
+        _random_samples=samples.to(x.device),
+    )
+    pooled = _as_data_format(pooled.to(inputs.dtype), data_format)
+    return pooled, _as_data_format(indices.int(), data_format)
+
+
 def gate_logits(window, padded, kernel):
     """`gate_logits` as one grouped convolution (`F.conv2d`, 1d, 3d), one
     kernel per channel, of a shape known when traced: torch's ONNX export
@@ -455,6 +489,7 @@ _FAST_PATHS = {
     "adaptive_pool": adaptive_pool,
     "blur": blur,
     "disjoint_soft_pool": disjoint_soft_pool,
+    "fractional_max_pool": fractional_max_pool,
     "gate_logits": gate_logits,
     "lp_pool": lp_pool,
     "max_pool_with_argmax": max_pool_with_argmax,

@@ -303,6 +303,19 @@ def fractional_max_pool(
     shared = False
     if samples is not None:
         samples = ops.convert_to_tensor(samples)
+        if pseudo_random and windows.pool_size is not None:
+            fast = backend.fast_path("fractional_max_pool", inputs)
+            pooled = None
+            if fast is not None:
+                pooled = fast(
+                    inputs,
+                    windows.pool_size,
+                    outputs,
+                    samples,
+                    windows.data_format,
+                )
+            if pooled is not None:
+                return pooled if return_indices else pooled[0]
         shared = tuple(samples.shape[:2]) == (1, 1)
         if return_indices and shared:
             samples = ops.broadcast_to(samples, (batch, channels, rank))

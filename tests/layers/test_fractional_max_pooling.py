@@ -416,3 +416,79 @@ def test_fast_path_matches_keras_ops_form(
         x,
         rng,
     )
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("rank, pool", [(2, 2), (2, 3), (3, 2)])
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("ties", [False, True])
+def test_windows_fast_path_matches_keras_ops_form(
+    monkeypatch, rng, rank, pool, shared, ties, data_format
+):
+    # torch's own fractional max pooling replaces the whole op for its
+    # windows; it must give the `keras.ops` form's values, indices and
+    # gradients, ties included.
+    skip_without_fast_path("fractional_max_pool")
+    x = inputs(rng, rank, data_format)
+    if ties:
+        x = np.round(x).astype("float32")
+    samples = rng.uniform(size=(1, 1, rank) if shared else (2, 3, rank))
+    samples = samples.astype("float32")
+
+    def pool_with(x, return_indices=False):
+        return kpool.ops.fractional_max_pool(
+            x,
+            output_ratio=0.6,
+            pool_size=pool,
+            samples=samples,
+            data_format=data_format,
+            return_indices=return_indices,
+        )
+
+    fast = kpool.backend.fast_path("fractional_max_pool")
+    assert fast(
+        keras.ops.convert_to_tensor(x),
+        (pool,) * rank,
+        tuple(int(n * 0.6) for n in SPATIAL[rank]),
+        keras.ops.convert_to_tensor(samples),
+        data_format,
+    ), "the fast path declined an eager float32 input"
+    # Overlapping windows sum a cell's gradient in another order.
+    assert_same_outputs_and_gradients(monkeypatch, pool_with, x, rng)
+    values, indices = pool_with(x, return_indices=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(kpool.backend, "fast_path", lambda *a, **k: None)
+        expected, expected_indices = pool_with(x, return_indices=True)
+    np.testing.assert_array_equal(values, expected)
+    np.testing.assert_array_equal(indices, expected_indices)
+    assert keras.backend.standardize_dtype(indices.dtype) == "int32"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_windows_fast_path_keeps_the_dtype_and_the_sequences(
+    monkeypatch, rng, dtype
+):
+    # torch draws its sequences in the input's dtype, kpool in float32: 16
+    # bit inputs are pooled in float32, float64 ones by `keras.ops`.
+    skip_without_fast_path("fractional_max_pool")
+    x = inputs(rng, 2, "channels_first", channels=8).astype(dtype)
+    samples = rng.uniform(size=(2, 8, 2)).astype("float32")
+
+    def pool_with(x):
+        return kpool.ops.fractional_max_pool(
+            x,
+            output_ratio=0.55,
+            pool_size=2,
+            samples=samples,
+            data_format="channels_first",
+        )
+
+    values = pool_with(keras.ops.convert_to_tensor(x))
+    with monkeypatch.context() as patch:
+        patch.setattr(kpool.backend, "fast_path", lambda *a, **k: None)
+        expected = pool_with(keras.ops.convert_to_tensor(x))
+    assert keras.backend.standardize_dtype(values.dtype) == dtype
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(keras.ops.cast(values, "float32")),
+        keras.ops.convert_to_numpy(keras.ops.cast(expected, "float32")),
+    )
