@@ -87,17 +87,25 @@ def lp_pool(
     fast = backend.fast_path("lp_pool", inputs, window)
     if fast is not None:
         return ops.cast(fast(window, x, norm_type), dtype)
-    x = ops.abs(x)
-    powers = x if norm_type == 1 else ops.power(x, norm_type)
+    # An even p needs no absolute value, a pass over the input and its
+    # gradient; a square and a square root are cheaper than powers.
+    if norm_type == 2:
+        powers = ops.square(x)
+    elif norm_type == 1:
+        powers = ops.abs(x)
+    else:
+        powers = ops.power(ops.abs(x), norm_type)
     sums = window.window_means(window.zero_pad(powers)) * math.prod(
         window.pool_size
     )
     if norm_type != 1:
         # The root's gradient is infinite at 0: keep it off the zero sums.
         positive = sums > 0
-        sums = ops.where(
-            positive,
-            ops.power(ops.where(positive, sums, 1), 1 / norm_type),
-            0,
+        safe = ops.where(positive, sums, 1)
+        root = (
+            ops.sqrt(safe)
+            if norm_type == 2
+            else ops.power(safe, 1 / norm_type)
         )
+        sums = ops.where(positive, root, 0)
     return ops.cast(sums, dtype)
