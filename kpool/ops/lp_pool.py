@@ -98,14 +98,16 @@ def lp_pool(
     sums = window.window_means(window.zero_pad(powers)) * math.prod(
         window.pool_size
     )
-    if norm_type != 1:
-        # The root's gradient is infinite at 0: keep it off the zero sums.
-        positive = sums > 0
-        safe = ops.where(positive, sums, 1)
+    root = backend.fast_path("positive_root", inputs)
+    if norm_type != 1 and root is not None:
+        sums = root(sums, norm_type)
+    elif norm_type != 1:
+        # The root's gradient is infinite at 0: keep it off the zero sums
+        # (and let NaN through, as max pooling does).
+        nonzero = ops.not_equal(sums, 0)
+        safe = ops.where(nonzero, sums, 1)
         root = (
-            ops.sqrt(safe)
-            if norm_type == 2
-            else ops.power(safe, 1 / norm_type)
+            ops.sqrt(safe) if norm_type == 2 else ops.power(safe, 1 / norm_type)
         )
-        sums = ops.where(positive, root, 0)
+        sums = ops.where(nonzero, root, 0)
     return ops.cast(sums, dtype)

@@ -112,7 +112,9 @@ def test_fast_path_matches_keras_ops_form(
     monkeypatch, rng, rank, padding, data_format, pool, stride, norm_type
 ):
     # torch's own lp_pool: on x for an even p, on |x| for any other.
-    skip_without_fast_path("lp_pool")
+    # TensorFlow's root with its guard in the gradient.
+    if kpool.backend.fast_path("positive_root") is None:
+        skip_without_fast_path("lp_pool")
     args = window_args(rank, padding, data_format, pool, stride)
     x = random_input(rng, rank, data_format)
     # Zeros at the start of each spatial dim: windows of zeros too.
@@ -149,6 +151,23 @@ def test_negative_inputs_count_by_magnitude():
     np.testing.assert_allclose(np.ravel(outputs), [5.0, 1.0], rtol=1e-6)
     outputs = kpool.ops.lp_pool(x, 1, 2)
     np.testing.assert_allclose(np.ravel(outputs), [7.0, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("norm_type", [1, 2, 3.5])
+def test_nan_and_inf_propagate_as_in_average_pooling(norm_type):
+    # Each window's p-norm in float64 NumPy: NaN where a cell is NaN, inf
+    # where one is infinite and none is NaN, as Keras's average pooling of
+    # |x| (its max pooling drops NaN on TensorFlow's CPU).
+    x = np.array(
+        [[np.nan, 1.0, 2.0, -np.inf, np.inf, np.nan, 0.0, 0.0, -3.0, 4.0]],
+        "float32",
+    ).reshape(1, 10, 1)
+    outputs = np.ravel(kpool.ops.lp_pool(x, norm_type, 2))
+    windows = np.abs(x.reshape(5, 2).astype("float64"))
+    expected = np.sum(windows**norm_type, axis=1) ** (1 / norm_type)
+    means = np.ravel(keras.layers.AveragePooling1D(2)(np.abs(x)))
+    np.testing.assert_array_equal(np.isnan(outputs), np.isnan(means))
+    np.testing.assert_allclose(outputs, expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize("norm_type", [1, 2, 3.5])

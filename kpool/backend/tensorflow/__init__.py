@@ -11,6 +11,7 @@ models serve without kpool.
 from kpool.backend.tensorflow import (
     gather,
     random,
+    roots,
     soft_pool,
     stochastic,
     windows,
@@ -38,6 +39,8 @@ def fast_path(name, window=None):
         return windows.running_sums
     if name == "take_rows":
         return gather.take_rows
+    if name == "positive_root":
+        return roots.positive_root
     if name == "stochastic_expectation":
         return stochastic.stochastic_expectation
     # TensorFlow's CPU poolings take channels last only.
