@@ -7,9 +7,9 @@ def positive_root(sums, norm_type):
 
     The `keras.ops` form keeps the root off the zero sums with two
     `where`s and a comparison in the forward pass; here the forward pass
-    is the root alone and the guard is in the gradient, where it costs
-    the same as the root's own gradient. The graph served is the root
-    (an `IdentityN` around it, which the converters drop).
+    is the root alone and the guard a `divide_no_nan` in the gradient.
+    The graph served is the root (an `IdentityN` around it, which the
+    converters drop).
     """
 
     @tf.custom_gradient
@@ -17,11 +17,10 @@ def positive_root(sums, norm_type):
         r = tf.sqrt(s) if norm_type == 2 else tf.pow(s, 1 / norm_type)
 
         def gradient(upstream):
-            # d r / d s = 1 / (p r**(p - 1)): 0 at s = inf, NaN at NaN.
-            nonzero = tf.not_equal(s, 0)
+            # d r / d s = 1 / (p r**(p - 1)): 0 at s = inf, NaN at NaN, and
+            # 0 at s = 0 (divide_no_nan's rule for a zero divisor).
             power = r if norm_type == 2 else tf.pow(r, norm_type - 1)
-            slope = 1 / (norm_type * tf.where(nonzero, power, tf.ones_like(s)))
-            return tf.where(nonzero, upstream * slope, tf.zeros_like(s))
+            return tf.math.divide_no_nan(upstream, norm_type * power)
 
         return r, gradient
 
