@@ -2,8 +2,11 @@
 
 Each op of `kpool.ops` runs beside the formula or library op its users
 reach for instead (`PEERS` names them per backend), on the same float32
-input, forward plus backward (`fwd+bwd`: the gradient with respect to the
-input, for a fixed random output gradient) and forward only (`fwd`; on
+input, forward plus backward (`fwd+bwd`: the outputs and the gradient
+with respect to the input, for a fixed random output gradient; both are
+returned, as in a training step, where the outputs feed the next layer:
+asked for the gradient alone, TensorFlow's graph and XLA drop the forward
+ops the gradient does not need) and forward only (`fwd`; on
 torch under `torch.no_grad()`), in the backend's default compile mode
 (torch eager, TensorFlow graph, JAX jit). On torch the batch is NCHW and
 kpool gets `data_format="channels_first"`; on TensorFlow and JAX it is
@@ -545,8 +548,8 @@ def function_step(function, inputs, backward, compile_mode):
         import jax
 
         def vjp(x, dy):
-            _, pullback = jax.vjp(function, x)
-            return pullback(dy)[0]
+            outputs, pullback = jax.vjp(function, x)
+            return outputs, pullback(dy)[0]
 
     else:
         import tensorflow as tf
@@ -555,7 +558,7 @@ def function_step(function, inputs, backward, compile_mode):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 outputs = function(x)
-            return tape.gradient(outputs, x, output_gradients=dy)
+            return outputs, tape.gradient(outputs, x, output_gradients=dy)
 
     step = bench.compile_function(vjp, compile_mode)
     return lambda: bench.synchronize(step(inputs, gradient))
