@@ -110,7 +110,7 @@ def mixed_pool(
     elif choose:
         mixing = draw_max_choices(window, inputs, alpha, granularity, seed)
     elif number:
-        mixing = ops.cast(alpha, inputs.dtype)
+        return _mix_constant(window, inputs, padded, float(alpha))
     else:
         mixing = window.broadcast_channels(ops.cast(alpha, inputs.dtype))
     max_pooled = window.max_pool(inputs)
@@ -118,6 +118,19 @@ def mixed_pool(
     if choose:
         return ops.where(mixing, max_pooled, avg_pooled)
     return mix(max_pooled, avg_pooled, mixing)
+
+
+def _mix_constant(window, inputs, padded, alpha):
+    """`alpha * max + (1 - alpha) * avg` for a number `alpha`: the one
+    pooling alone at 0 and 1, else three elementwise ops, the formula's
+    own (where the two poolings are equal infinities, so is the sum)."""
+    if alpha == 1:
+        return window.max_pool(inputs)
+    if alpha == 0:
+        return window.average_pool(inputs, padded)
+    max_pooled = window.max_pool(inputs)
+    avg_pooled = window.average_pool(inputs, padded)
+    return alpha * max_pooled + (1 - alpha) * avg_pooled
 
 
 def mix(max_pooled, avg_pooled, mixing):

@@ -106,6 +106,33 @@ def test_pure_settings_match_keras_max_and_average_pooling(
                 )
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_infinities_mix_as_the_two_poolings_give_them(alpha):
+    # Windows: all +inf, +inf with a finite cell, +inf with -inf (whose
+    # average is NaN), all -inf, finite.
+    x = np.array(
+        [np.inf, np.inf, np.inf, 1.0, np.inf, -np.inf, -np.inf, -np.inf]
+        + [2.0, -1.0],
+        "float32",
+    ).reshape(1, 10, 1)
+    max_pooled = np.ravel(keras.layers.MaxPooling1D(2)(x))
+    avg_pooled = np.ravel(keras.layers.AveragePooling1D(2)(x))
+    with np.errstate(invalid="ignore"):
+        expected = (
+            max_pooled
+            if alpha == 1
+            else avg_pooled
+            if alpha == 0
+            else alpha * max_pooled + (1 - alpha) * avg_pooled
+        )
+    outputs = np.ravel(ops.mixed_pool(x, 2, alpha=alpha))
+    np.testing.assert_allclose(outputs, expected, rtol=1e-6)
+    if 0 < alpha < 1:
+        np.testing.assert_array_equal(
+            outputs[:4], [np.inf, np.inf, np.nan, -np.inf]
+        )
+
+
 def expected_input_gradient(x, args, a, upstream):
     """a * (gradient of max pooling) + (1 - a) * (that of average pooling),
     for channels_last `x` and a constant `a`."""
