@@ -290,3 +290,39 @@ def test_large_activations_in_overlapping_and_disjoint_windows(strides):
     outputs = numeric(ops.soft_pool(x, 2, strides))
     expected = soft_pool(x, (2,), (strides,), "valid", "channels_last")
     np.testing.assert_allclose(outputs, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "padding, pool, stride", [("valid", 2, 2), ("same", 2, 3)]
+)
+def test_shared_shift_is_taken_for_ordinary_inputs_and_left_for_far_ones(
+    rng, padding, pool, stride
+):
+    # TensorFlow pools with one shift per channel where that is exact: the
+    # choice must take it for activations of an ordinary range (else the
+    # tests of the fast path would only see the per-window form) and leave
+    # it for a window 200 below its channel's maximum.
+    window = Window(2, pool, stride, padding, "channels_last")
+    skip_without_fast_path("disjoint_soft_pool", window)
+    from kpool.backend.tensorflow import soft_pool as tf_soft_pool
+
+    x = 3 * rng.standard_normal((2, 7, 6, 3)).astype("float32")
+    expected = soft_pool(
+        x, (pool,) * 2, (stride,) * 2, padding, "channels_last"
+    )
+    shared, weights = tf_soft_pool._shared_peak_soft_pool(
+        window, keras.ops.convert_to_tensor(x)
+    )
+    assert np.min(weights) >= tf_soft_pool._SHARED_PEAK_FLOOR
+    np.testing.assert_allclose(numeric(shared), expected, rtol=1e-5, atol=1e-6)
+    far = x.copy()
+    far[0, 0, 0, 1] = 200.0
+    _, weights = tf_soft_pool._shared_peak_soft_pool(
+        window, keras.ops.convert_to_tensor(far)
+    )
+    assert np.min(weights) < tf_soft_pool._SHARED_PEAK_FLOOR
+    expected = soft_pool(
+        far, (pool,) * 2, (stride,) * 2, padding, "channels_last"
+    )
+    outputs = ops.soft_pool(far, pool, stride, padding, "channels_last")
+    np.testing.assert_allclose(numeric(outputs), expected, rtol=1e-5, atol=1e-6)

@@ -1,7 +1,63 @@
+# A window whose exponentials, shifted by its channel's maximum, average at
+# least this is pooled exactly enough that way: its largest is at least
+# this, so the ones that underflow (below 2**-126) weigh under 2**-26 of it,
+# below float32's rounding.
+_SHARED_PEAK_FLOOR = 2.0**-100
+
+
 def disjoint_soft_pool(window, x):
     """SoftPool of windows that do not overlap (`strides >= pool_size`), in
-    one or two spatial dims, channels last, from TensorFlow's poolings:
-    each window's maximum by `max_pool`, broadcast back over the window's
+    one or two spatial dims, channels last: the paper's `sum(x e) /
+    sum(e)` with one shift per example and channel, `e = exp(x - M)`, `M`
+    the channel's maximum, wherever that is exact; else (`tf.cond`) with
+    each window's own maximum, `_peaked_soft_pool`.
+
+    The shared shift costs one reduction and one subtraction over the
+    paper's unsafe form: every `e` is at most 1, so nothing overflows; it
+    is inexact only where a whole window lies far below its channel's
+    maximum (more than about 69 in float32), and not finite only for
+    infinite or NaN inputs. Both show in the outputs and their weights,
+    a fraction of the input's size, and then the per-window form runs.
+    TFLite and ONNX take the choice as an `If`.
+    """
+    import tensorflow as tf
+
+    shared, weights = _shared_peak_soft_pool(window, x)
+    exact = tf.logical_and(
+        tf.reduce_all(tf.math.is_finite(shared)),
+        tf.reduce_min(weights) >= _SHARED_PEAK_FLOOR,
+    )
+    return tf.cond(exact, lambda: shared, lambda: _peaked_soft_pool(window, x))
+
+
+def _shared_peak_soft_pool(window, x):
+    """`(sum(x e) / sum(e), mean(e))` over each window, `e = exp(x - M)`
+    with `M` the maximum of each example's channel."""
+    import tensorflow as tf
+
+    spatial = window.spatial_axes()
+    peak = tf.stop_gradient(tf.reduce_max(x, axis=spatial, keepdims=True))
+    exponentials = tf.exp(x - peak)
+    weighted = x * exponentials
+    if window.padding == "same":
+        # Zeros weigh nothing in either sum.
+        pairs = window.same_pads(window.spatial_shape(x.shape))
+        pads = window.full_shape(pairs, (0, 0))
+        exponentials = tf.pad(exponentials, pads)
+        weighted = tf.pad(weighted, pads)
+    pooling = {
+        "ksize": list(window.pool_size),
+        "strides": list(window.strides),
+        "padding": "VALID",
+        "data_format": ("NWC", "NHWC")[window.num_spatial_dims - 1],
+    }
+    weights = tf.nn.avg_pool(exponentials, **pooling)
+    return tf.nn.avg_pool(weighted, **pooling) / weights, weights
+
+
+def _peaked_soft_pool(window, x):
+    """SoftPool with each window's own maximum, from TensorFlow's
+    poolings: each window's maximum by `max_pool`, broadcast back over the window's
     cells by a reshape that splits each dim into `(out, s)` (rank 5 at
     most, TFLite's limit), and the two window sums of `m + sum((x - m) e)
     / sum(e)`, `e = exp(x - m)`, by `avg_pool`. Outside XLA each op is a
@@ -9,7 +65,6 @@ def disjoint_soft_pool(window, x):
     reshaped windows' axes take 2.5-5x as long (forward); under XLA, and
     on JAX, that form fuses and is the faster one.
     """
-
     import tensorflow as tf
 
     n = window.num_spatial_dims
