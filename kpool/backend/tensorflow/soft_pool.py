@@ -57,12 +57,13 @@ def _shared_peak_soft_pool(window, x):
 
 def _peaked_soft_pool(window, x):
     """SoftPool with each window's own maximum, from TensorFlow's
-    poolings: each window's maximum by `max_pool`, broadcast back over the window's
-    cells by a reshape that splits each dim into `(out, s)` (rank 5 at
-    most, TFLite's limit), and the two window sums of `m + sum((x - m) e)
-    / sum(e)`, `e = exp(x - m)`, by `avg_pool`. Outside XLA each op is a
-    pass of its own, and the `keras.ops` form's reductions over the
-    reshaped windows' axes take 2.5-5x as long (forward); under XLA, and
+    poolings: each window's maximum by `max_pool`, broadcast back over
+    the window's cells by a reshape that splits each dim into `(out, s)`
+    (rank 5 at most, TFLite's limit), and the two window sums of `m +
+    sum((x - m) e) / sum(e)`, `e = exp(x - m)`, by `avg_pool`. Outside
+    XLA each op is a pass of its own, and the `keras.ops` form's
+    reductions over the reshaped windows' axes take 2.5-5x as long
+    (forward); under XLA, and
     on JAX, that form fuses and is the faster one.
     """
     import tensorflow as tf
