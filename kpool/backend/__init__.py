@@ -13,6 +13,13 @@ with `model.export()` serves without kpool.
 
 import keras
 
+# SoftPool with one shift per example and channel (the TensorFlow and torch
+# fast paths) is exact for a window whose exponentials, shifted by its
+# channel's maximum, average at least this: its largest is at least this,
+# so the ones that underflow (below 2**-126) weigh under 2**-26 of it,
+# below float32's rounding.
+SHARED_PEAK_FLOOR = 2.0**-100
+
 
 def _module():
     backend = keras.config.backend()

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kpool.backend import SHARED_PEAK_FLOOR
+
 _AVG_POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _LP_POOLS = {1: F.lp_pool1d, 2: F.lp_pool2d, 3: F.lp_pool3d}
 _MAX_POOLS = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -303,6 +305,15 @@ def disjoint_soft_pool(window, inputs):
     n = window.num_spatial_dims
     outs = window.output_spatial_shape(inputs.shape)
     x = _channels_first(inputs, window.data_format)
+    if values_known():
+        # Checked eagerly: the per-window form below runs only where the
+        # shared shift is not exact.
+        pooled, weights = shared_peak_soft_pool(window, x)
+        exact = torch.logical_and(
+            weights.amin() >= SHARED_PEAK_FLOOR, pooled.isfinite().all()
+        )
+        if bool(exact):
+            return _as_data_format(pooled, window.data_format)
     spatial = x.shape[2:]
     pads = window.same_pads(spatial) if window.padding == "same" else None
     # Each dim cropped or padded (with -inf, which weighs 0) to s * out.
@@ -349,6 +360,34 @@ def disjoint_soft_pool(window, inputs):
         pooled = peak + pooled / pool(exponentials, kernel, strides)
     pooled = torch.where(peak.isinf(), peak, pooled)
     return _as_data_format(pooled, window.data_format)
+
+
+def shared_peak_soft_pool(window, x):
+    """`(sum(x e) / sum(e), mean(e))` over each window of channels-first
+    `x`, `e = exp(x - M)`, `M` the maximum of each example's channel: the
+    paper's formula, every `e` at most 1, so nothing overflows, for one
+    reduction and one subtraction more. It is inexact only for a window
+    far below its channel's maximum (more than about 69 in float32), and
+    not finite only for infinite or NaN inputs, both of which show in the
+    outputs and the weights. Autograd's gradient is the paper's."""
+    n = window.num_spatial_dims
+    with torch.no_grad():
+        peak = x.amax(dim=tuple(range(2, 2 + n)), keepdim=True)
+    exponentials = x - peak
+    exponentials = (
+        exponentials.exp() if x.requires_grad else exponentials.exp_()
+    )
+    weighted = x * exponentials
+    if window.padding == "same":
+        # Zeros weigh nothing in either sum.
+        pads = window.same_pads(_spatial_shape(x))
+        flat = [p for pair in reversed(pads) for p in pair]
+        exponentials = F.pad(exponentials, flat)
+        weighted = F.pad(weighted, flat)
+    pool = _AVG_POOLS[n]
+    weights = pool(exponentials, window.pool_size, window.strides)
+    pooled = pool(weighted, window.pool_size, window.strides) / weights
+    return pooled, weights
 
 
 class _TiledSoftPool(torch.autograd.Function):

@@ -1,5 +1,6 @@
 """SoftPooling1D/2D/3D (Stergiou, Poppe and Kalliatakis, 2021)."""
 
+import importlib
 import itertools
 
 import keras
@@ -9,6 +10,7 @@ from absl.testing import parameterized
 from keras.src import testing
 
 from kpool import layers, ops
+from kpool.backend import SHARED_PEAK_FLOOR
 from kpool.ops.window_cells import low_rank_windows
 from kpool.ops.windows import Window
 
@@ -298,31 +300,38 @@ def test_large_activations_in_overlapping_and_disjoint_windows(strides):
 def test_shared_shift_is_taken_for_ordinary_inputs_and_left_for_far_ones(
     rng, padding, pool, stride
 ):
-    # TensorFlow pools with one shift per channel where that is exact: the
-    # choice must take it for activations of an ordinary range (else the
-    # tests of the fast path would only see the per-window form) and leave
-    # it for a window 200 below its channel's maximum.
-    window = Window(2, pool, stride, padding, "channels_last")
-    skip_without_fast_path("disjoint_soft_pool", window)
-    from kpool.backend.tensorflow import soft_pool as tf_soft_pool
-
-    x = 3 * rng.standard_normal((2, 7, 6, 3)).astype("float32")
-    expected = soft_pool(
-        x, (pool,) * 2, (stride,) * 2, padding, "channels_last"
-    )
-    shared, weights = tf_soft_pool._shared_peak_soft_pool(
+    # TensorFlow and torch pool with one shift per channel where that is
+    # exact: it must hold for activations of an ordinary range (else the
+    # tests of the fast path would only see the per-window form) and not
+    # for a window 200 below its channel's maximum, which the op then
+    # pools with its own maximum.
+    name = keras.backend.backend()
+    modules = {
+        "tensorflow": "kpool.backend.tensorflow.soft_pool",
+        "torch": "kpool.backend.torch",
+    }
+    if name not in modules:
+        pytest.skip(f"{name} has no shared-shift SoftPool")
+    module = importlib.import_module(modules[name])
+    # TensorFlow's CPU poolings take channels last; torch's, first.
+    data_format = "channels_last" if name == "tensorflow" else "channels_first"
+    window = Window(2, pool, stride, padding, data_format)
+    args = ((pool,) * 2, (stride,) * 2, padding, data_format)
+    x = 3 * sample(rng, 2, data_format, (7, 6))
+    pooled, weights = module.shared_peak_soft_pool(
         window, keras.ops.convert_to_tensor(x)
     )
-    assert np.min(weights) >= tf_soft_pool._SHARED_PEAK_FLOOR
-    np.testing.assert_allclose(numeric(shared), expected, rtol=1e-5, atol=1e-6)
+    assert np.min(numeric(weights)) >= SHARED_PEAK_FLOOR
+    np.testing.assert_allclose(
+        numeric(pooled), soft_pool(x, *args), rtol=1e-5, atol=1e-6
+    )
     far = x.copy()
-    far[0, 0, 0, 1] = 200.0
-    _, weights = tf_soft_pool._shared_peak_soft_pool(
+    far[0, 0, 0, 0] = 200.0
+    _, weights = module.shared_peak_soft_pool(
         window, keras.ops.convert_to_tensor(far)
     )
-    assert np.min(weights) < tf_soft_pool._SHARED_PEAK_FLOOR
-    expected = soft_pool(
-        far, (pool,) * 2, (stride,) * 2, padding, "channels_last"
+    assert np.min(numeric(weights)) < SHARED_PEAK_FLOOR
+    outputs = ops.soft_pool(far, pool, stride, padding, data_format)
+    np.testing.assert_allclose(
+        numeric(outputs), soft_pool(far, *args), rtol=1e-5, atol=1e-6
     )
-    outputs = ops.soft_pool(far, pool, stride, padding, "channels_last")
-    np.testing.assert_allclose(numeric(outputs), expected, rtol=1e-5, atol=1e-6)

@@ -1,8 +1,4 @@
-# A window whose exponentials, shifted by its channel's maximum, average at
-# least this is pooled exactly enough that way: its largest is at least
-# this, so the ones that underflow (below 2**-126) weigh under 2**-26 of it,
-# below float32's rounding.
-_SHARED_PEAK_FLOOR = 2.0**-100
+from kpool.backend import SHARED_PEAK_FLOOR
 
 
 def disjoint_soft_pool(window, x):
@@ -22,15 +18,15 @@ def disjoint_soft_pool(window, x):
     """
     import tensorflow as tf
 
-    shared, weights = _shared_peak_soft_pool(window, x)
+    shared, weights = shared_peak_soft_pool(window, x)
     exact = tf.logical_and(
         tf.reduce_all(tf.math.is_finite(shared)),
-        tf.reduce_min(weights) >= _SHARED_PEAK_FLOOR,
+        tf.reduce_min(weights) >= SHARED_PEAK_FLOOR,
     )
     return tf.cond(exact, lambda: shared, lambda: _peaked_soft_pool(window, x))
 
 
-def _shared_peak_soft_pool(window, x):
+def shared_peak_soft_pool(window, x):
     """`(sum(x e) / sum(e), mean(e))` over each window, `e = exp(x - M)`
     with `M` the maximum of each example's channel."""
     import tensorflow as tf
