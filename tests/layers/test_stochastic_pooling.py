@@ -242,6 +242,21 @@ def test_inference_gradient_is_that_of_the_expectation(rng):
     np.testing.assert_allclose(input_gradient[0, :, 0], expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("size", [1.0, 2.0**40, 1e30])
+def test_inference_gradient_of_huge_activations_is_the_expectations(size):
+    # Above 2**30 the activations are rescaled by their channel's largest;
+    # the gradient is still (2 a_k - E) / sum a_i, which depends on the
+    # ratios of the activations only (1e30**2 overflows float32).
+    args = window_args(1, "valid", "channels_last", 3, 3)
+    a = np.array([0.5, 1.25, 0.75])
+    x = (size * a).reshape(1, 3, 1).astype("float32")
+    _, input_gradient, _ = layer_gradients(
+        layers.StochasticPooling1D(**args), x, np.ones((1, 1, 1), "float32")
+    )
+    expected = (2 * a - (a**2).sum() / a.sum()) / a.sum()
+    np.testing.assert_allclose(input_gradient[0, :, 0], expected, rtol=1e-5)
+
+
 def test_same_seed_same_samples_and_different_seed_different_samples(rng):
     # 108 cells, each drawing among several elements.
     x = rng.uniform(0.5, 1.5, (4, 5, 5, 3)).astype("float32")
