@@ -12,6 +12,7 @@ Compile modes name what Keras itself does with a train step, per backend
 picks, the mode users run unless they ask for another.
 """
 
+import csv
 import dataclasses
 import functools
 import inspect
@@ -322,6 +323,16 @@ def synchronize(outputs=None):
         import tensorflow as tf
 
         tf.test.experimental.sync_devices()
+
+
+def kept_rows(path, column, replaced, columns):
+    """The rows of the CSV at `path` whose `column` is not in `replaced`,
+    with `columns` (a column they lack is left empty): what a rerun of
+    some cases keeps of an earlier run, each row with its own date and
+    load."""
+    with open(path, newline="") as f:
+        old = [row for row in csv.DictReader(f) if row[column] not in replaced]
+    return [{c: row.get(c, "") for c in columns} for row in old]
 
 
 def time_interleaved(candidates, *, repeats, warmup):

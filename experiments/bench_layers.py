@@ -264,7 +264,22 @@ def main(argv=None):
         }
         rows = [{**row, **load} for row in rows]
         path = os.path.join(args.output_dir, f"model_fit_{backend}.csv")
-        bench.write_csv(rows, path)
+        written = rows
+        if args.fit_choices is not None and os.path.exists(path):
+            # A rerun of some choices keeps the others' rows, in the
+            # benchmark's order.
+            timed = {row["downsampling"] for row in rows}
+            kept = bench.kept_rows(path, "downsampling", timed, list(rows[0]))
+            order = ["max", *bench.model_fit_choices()]
+            written = sorted(
+                kept + rows,
+                key=lambda row: (
+                    order.index(row["downsampling"])
+                    if row["downsampling"] in order
+                    else len(order)
+                ),
+            )
+        bench.write_csv(written, path)
         print(bench.format_table(rows, FIT_COLUMNS))
         print(f"Wrote {path}")
 

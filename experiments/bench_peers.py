@@ -39,7 +39,6 @@ versions, git commit and date in columns.
 """
 
 import argparse
-import csv
 import dataclasses
 import datetime
 import importlib.metadata
@@ -656,14 +655,6 @@ def git_state():
     }
 
 
-def kept_rows(path, ops, columns):
-    """The rows of the CSV at `path` for ops other than `ops`, with
-    `columns` (a column they lack is left empty)."""
-    with open(path, newline="") as f:
-        old = [row for row in csv.DictReader(f) if row["op"] not in ops]
-    return [{c: row.get(c, "") for c in columns} for row in old]
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", default="results/peers")
@@ -733,7 +724,7 @@ def main(argv=None):
     rows = [{**row, **run} for row in rows]
     path = os.path.join(args.output_dir, f"{backend}.csv")
     if args.ops is not None and os.path.exists(path):
-        rows = kept_rows(path, args.ops, list(rows[0])) + rows
+        rows = bench.kept_rows(path, "op", args.ops, list(rows[0])) + rows
     bench.write_csv(rows, path)
     print(bench.format_table(rows, TABLE_COLUMNS))
     print(

@@ -353,6 +353,16 @@ def test_bench_layers_script_writes_every_case_with_its_ratio(tmp_path):
         assert float(row["goal_ratio"]) == bench.MODEL_FIT_GOAL
         assert row["meets_goal"] == str(float(row["ratio"]) <= 1.25)
 
+    # A rerun of one choice replaces its row and keeps the other's.
+    before = {r["downsampling"]: r for r in rows}
+    run_bench_layers(
+        tmp_path, "--model-fit", "--skip-layers", "--fit-choices", "strided"
+    )
+    rows = read_csv(tmp_path / f"model_fit_{backend}.csv")
+    assert [r["downsampling"] for r in rows] == ["min", "strided"]
+    assert rows[0] == before["min"]
+    assert rows[1]["date"] >= before["strided"]["date"]
+
 
 def test_summarize_runs_takes_each_cases_median_ratio_over_runs():
     ratios = {
