@@ -71,7 +71,8 @@ def global_gem_pool(inputs, p=3.0, eps=1e-6, data_format=None, keepdims=False):
         inner_p = window.broadcast_channels(p)
         if keepdims:
             outer_p = inner_p
-    x = ops.clip(ops.cast(inputs, compute_dtype), eps, float("inf"))
+    # `maximum`, not `clip`: one comparison, forward and backward.
+    x = ops.maximum(ops.cast(inputs, compute_dtype), eps)
     if isinstance(given_p, numbers.Number):
         # A fixed exponent: the backend's scalar power, where it has one.
         fast = backend.fast_path("power_mean", inputs)
