@@ -78,6 +78,17 @@ def uniform(shape, dtype, seed):
     return keras.random.uniform(shape, dtype=dtype, seed=seed)
 
 
+def clamp_min(x, low):
+    """`keras.ops.maximum(x, low)` for a number `low`, by the backend's
+    cheapest form: torch's `clamp`, whose gradient is one comparison (its
+    `maximum` also splits ties); `maximum` elsewhere (TensorFlow's
+    `clip_by_value` builds more of a gradient)."""
+    fast = fast_path("clamp_min", x)
+    if fast is not None:
+        return fast(x, low)
+    return keras.ops.maximum(x, low)
+
+
 def running_sums(window, windows):
     """Running sums along the window axis of `Window.windows`'s result."""
     fast = fast_path("running_sums")

@@ -147,6 +147,10 @@ def power_mean(x, p, axes, keepdims):
     return means.pow(1.0 / p)
 
 
+def clamp_min(x, low):
+    return x.clamp(min=low)
+
+
 def value_range(tensor):
     """`(min, max)` of `tensor` as Python numbers, in one pass."""
     lowest, highest = torch.aminmax(tensor)
@@ -527,6 +531,7 @@ def gate_logits(window, padded, kernel):
 _FAST_PATHS = {
     "adaptive_pool": adaptive_pool,
     "blur": blur,
+    "clamp_min": clamp_min,
     "disjoint_soft_pool": disjoint_soft_pool,
     "fractional_max_pool": fractional_max_pool,
     "gate_logits": gate_logits,

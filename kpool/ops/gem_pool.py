@@ -71,8 +71,7 @@ def global_gem_pool(inputs, p=3.0, eps=1e-6, data_format=None, keepdims=False):
         inner_p = window.broadcast_channels(p)
         if keepdims:
             outer_p = inner_p
-    # `maximum`, not `clip`: one comparison, forward and backward.
-    x = ops.maximum(ops.cast(inputs, compute_dtype), eps)
+    x = backend.clamp_min(ops.cast(inputs, compute_dtype), eps)
     if isinstance(given_p, numbers.Number):
         # A fixed exponent: the backend's scalar power, where it has one.
         fast = backend.fast_path("power_mean", inputs)
