@@ -98,12 +98,12 @@ def lp_pool(
     sums = window.window_means(window.zero_pad(powers)) * math.prod(
         window.pool_size
     )
-    root = backend.fast_path("positive_root", inputs)
-    if norm_type != 1 and root is not None:
-        sums = root(sums, norm_type)
+    positive_root = backend.fast_path("positive_root", inputs)
+    if norm_type != 1 and positive_root is not None:
+        sums = positive_root(sums, norm_type)
     elif norm_type != 1:
         # The root's gradient is infinite at 0: keep it off the zero sums
-        # (and let NaN through, as max pooling does).
+        # (and let NaN through, as average pooling does).
         nonzero = ops.not_equal(sums, 0)
         safe = ops.where(nonzero, sums, 1)
         root = (
