@@ -813,14 +813,10 @@ def benchmark_model_fit(
             verbose=0,
             callbacks=[clocks[choice]],
         )
-    time_interleaved(epochs, repeats=repeats, warmup=warmup)
-    times = {
-        choice: clock.step_seconds[warmup:] for choice, clock in clocks.items()
-    }
-    max_ms = median_ms(times.pop("max"))
     rows = []
-    for choice, seconds in times.items():
-        step_ms = median_ms(seconds)
+    for choice, step_ms, max_ms, spread in _interleaved_fits(
+        epochs, clocks, "max", repeats=repeats, warmup=warmup
+    ):
         ratio = step_ms / max_ms
         rows.append(
             {
@@ -837,11 +833,111 @@ def benchmark_model_fit(
                 "median_ms_per_step": round(step_ms, 4),
                 "max_median_ms_per_step": round(max_ms, 4),
                 "ratio": round(ratio, 3),
-                "ratio_spread": _spread(seconds, max_ms),
+                "ratio_spread": spread,
                 "goal_ratio": MODEL_FIT_GOAL,
                 "meets_goal": ratio <= MODEL_FIT_GOAL,
                 "repeats": repeats,
                 "dtype": "float32",
+                **env,
+            }
+        )
+    return rows
+
+
+def _interleaved_fits(epochs, clocks, baseline, *, repeats, warmup):
+    """Runs the one-epoch `fit` calls `epochs` interleaved
+    (`time_interleaved`) and yields `(choice, median ms per step,
+    baseline's median ms per step, spread)` for every choice but
+    `baseline`, from the `StepClock`s `clocks`."""
+    time_interleaved(epochs, repeats=repeats, warmup=warmup)
+    times = {
+        choice: clock.step_seconds[warmup:] for choice, clock in clocks.items()
+    }
+    baseline_ms = median_ms(times.pop(baseline))
+    for choice, seconds in times.items():
+        yield (
+            choice,
+            median_ms(seconds),
+            baseline_ms,
+            _spread(seconds, baseline_ms),
+        )
+
+
+def benchmark_experiment_fit(config, dataset, *, repeats=5, warmup=1):
+    """Times the `fit` steps of an experiment's own runs, interleaved.
+
+    `kpool run` trains its runs one after another, so the speed columns of
+    its tables carry whatever drifts between runs: on a shared 2-core CPU
+    the same run repeated in one process has read 1.2-1.7x slower than its
+    first time. This builds every downsampling choice of `config` (a
+    `kpool.harness.config.ExperimentConfig`) as its runs are built, with
+    the first seed (`training.compiled_model`: the model, augmentation,
+    optimizer, schedule, loss, metrics and compile mode) and feeds each the
+    runs' own training batches of `dataset` (`training.device_batches`,
+    the first epoch's order), one epoch per `fit` call, the calls
+    interleaved as in `benchmark_model_fit`. The baseline is the config's
+    `report.baseline`, else "max" when it is a choice, else the first
+    choice. Returns one row per other choice with the median time per step
+    and the ratio to the baseline.
+    """
+    from kpool.harness import training
+
+    choices = list(config.downsampling)
+    baseline = config.report.baseline or (
+        "max" if "max" in choices else choices[0]
+    )
+    seed = config.seeds[0]
+    train = config.train
+    n_train = len(dataset.x_train)
+    batch_size = min(train.batch_size, n_train)
+    steps = n_train // batch_size
+    order = training.epoch_orders(seed, n_train, batch_size, 1)
+    schedule = training.make_schedule(train, steps)
+    env = environment()
+    epochs, clocks = {}, {}
+    for choice in [baseline, *(c for c in choices if c != baseline)]:
+        keras.utils.set_random_seed(seed)
+        model = training.compiled_model(config, choice, seed, dataset, schedule)
+        clocks[choice] = StepClock()
+        epochs[choice] = functools.partial(
+            model.fit,
+            training.device_batches(dataset.x_train, dataset.y_train, order),
+            epochs=1,
+            steps_per_epoch=steps,
+            shuffle=False,
+            verbose=0,
+            callbacks=[clocks[choice]],
+        )
+        resolved = model.jit_compile
+    rows = []
+    for choice, step_ms, baseline_ms, spread in _interleaved_fits(
+        epochs, clocks, baseline, repeats=repeats, warmup=warmup
+    ):
+        ratio = step_ms / baseline_ms
+        rows.append(
+            {
+                "experiment": config.name,
+                "downsampling": choice,
+                "baseline": baseline,
+                "model": config.model.family,
+                "width": config.model.width,
+                "dataset": dataset.name,
+                "n_train": n_train,
+                "jit_compile": config.jit_compile,
+                "resolved_jit_compile": resolved,
+                "compile_mode": default_compile_mode()
+                if config.jit_compile == "auto"
+                else "",
+                "batch_size": batch_size,
+                "steps": steps,
+                "median_ms_per_step": round(step_ms, 4),
+                "baseline_median_ms_per_step": round(baseline_ms, 4),
+                "ratio": round(ratio, 3),
+                "ratio_spread": spread,
+                "goal_ratio": MODEL_FIT_GOAL,
+                "meets_goal": ratio <= MODEL_FIT_GOAL,
+                "repeats": repeats,
+                "dtype": config.precision,
                 **env,
             }
         )

@@ -26,9 +26,21 @@ Keras's default compile mode, the fit calls interleaved
 
     KERAS_BACKEND=jax python experiments/bench_layers.py --runs 3 --model-fit
 
+With `--fit-config CONFIG` the model level times that experiment's own runs
+instead (`bench.benchmark_experiment_fit`: its model, augmentation,
+optimizer, schedule and training batches, the first seed), interleaved,
+relative to its baseline: the speed `kpool run` trains at, without the
+drift between runs that are not interleaved. `--fit-set KEY=VALUE` overrides
+its keys as `kpool run --set` does (`--fit-set 'downsampling=[max,lp]'` picks
+choices).
+
+    python experiments/bench_layers.py --skip-layers --model-fit \
+        --fit-config configs/quickstart.yaml
+
 Writes `layers_<backend>.csv` (every run's rows, with a `run` column),
 `layers_<backend>_summary.csv` (one row per case, `bench.summarize_runs`)
-and `model_fit_<backend>.csv` under `--output-dir` (default results/layers/).
+and `model_fit_<backend>.csv` (`model_fit_<name>_<dataset>_<backend>.csv`
+with `--fit-config`) under `--output-dir` (default results/layers/).
 """
 
 import argparse
@@ -131,6 +143,21 @@ def parse_args(argv):
         "(default: bench.model_fit_choices())",
     )
     parser.add_argument(
+        "--fit-config",
+        metavar="CONFIG",
+        help="with --model-fit: time this experiment YAML's own runs "
+        "(its model, augmentation, optimizer, batches; the first seed), "
+        "interleaved, instead of the small CNN; writes "
+        "model_fit_<name>_<dataset>_<backend>.csv",
+    )
+    parser.add_argument(
+        "--fit-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --fit-config: override a config key, as kpool run --set",
+    )
+    parser.add_argument(
         "--layers",
         nargs="+",
         help="time only these layers (default: every case of "
@@ -203,6 +230,29 @@ def run_layers(args, layer_settings):
     return rows
 
 
+def experiment_fit(args):
+    """Rows of `bench.benchmark_experiment_fit` for `--fit-config`, and the
+    CSV path they go to (the data set in its name: synthetic stand-ins say
+    so)."""
+    from kpool.harness.config import load_config
+    from kpool.harness.experiment import load_data
+
+    if args.fit_choices:
+        raise SystemExit(
+            "--fit-choices is for the small CNN; with --fit-config pick the "
+            "choices with --fit-set 'downsampling=[...]'"
+        )
+    config = load_config(args.fit_config, args.fit_set)
+    dataset = load_data(config)
+    print(f"{config.name}: {dataset.name} ({dataset.source_note})")
+    rows = bench.benchmark_experiment_fit(
+        config, dataset, repeats=args.fit_repeats
+    )
+    name = f"model_fit_{config.name}_{dataset.name}_{keras.backend.backend()}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+    return rows, os.path.join(args.output_dir, f"{safe}.csv")
+
+
 def main(argv=None):
     args = parse_args(argv)
     backend = keras.backend.backend()
@@ -248,11 +298,15 @@ def main(argv=None):
         rows = []
         load_before = os.getloadavg()[0]
         others = bench.OthersCpu()
-        for value in args.fit_jit_compile:
-            jit_compile = {"true": True, "false": False}.get(value, value)
-            rows += bench.benchmark_model_fit(
-                jit_compile=jit_compile, **fit_settings
-            )
+        if args.fit_config:
+            rows, path = experiment_fit(args)
+        else:
+            for value in args.fit_jit_compile:
+                jit_compile = {"true": True, "false": False}.get(value, value)
+                rows += bench.benchmark_model_fit(
+                    jit_compile=jit_compile, **fit_settings
+                )
+            path = os.path.join(args.output_dir, f"model_fit_{backend}.csv")
         # The load before, and the CPU other processes used while it ran
         # (the load average after would count this benchmark's threads).
         others_cores = others.cores()
@@ -263,9 +317,12 @@ def main(argv=None):
             ),
         }
         rows = [{**row, **load} for row in rows]
-        path = os.path.join(args.output_dir, f"model_fit_{backend}.csv")
         written = rows
-        if args.fit_choices is not None and os.path.exists(path):
+        if (
+            args.fit_choices is not None
+            and not args.fit_config
+            and os.path.exists(path)
+        ):
             # A rerun of some choices keeps the others' rows, in the
             # benchmark's order.
             timed = {row["downsampling"] for row in rows}
@@ -280,7 +337,10 @@ def main(argv=None):
                 ),
             )
         bench.write_csv(written, path)
-        print(bench.format_table(rows, FIT_COLUMNS))
+        columns = FIT_COLUMNS
+        if args.fit_config:
+            columns = [c.replace("max_", "baseline_") for c in columns]
+        print(bench.format_table(rows, columns))
         print(f"Wrote {path}")
 
 

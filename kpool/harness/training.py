@@ -97,19 +97,12 @@ def _train(config, downsampling, seed, dataset, verbose, callbacks):
         1 if distribution is None else distribution.device_mesh.devices.size
     )
 
-    schedule = LearningRateSchedule(
-        train.schedule.name,
-        train.optimizer.learning_rate,
-        total_steps=train.epochs * steps_per_epoch,
-        warmup_steps=round(train.schedule.warmup_epochs * steps_per_epoch),
-        boundaries=[e * steps_per_epoch for e in train.schedule.decay_epochs],
-        decay_factor=train.schedule.decay_factor,
-    )
+    schedule = make_schedule(train, steps_per_epoch)
     eval_batch_size = config.eval.batch_size
     test_batches = sequential_batches(len(dataset.x_test), eval_batch_size)
     timer = TrainTimer(steps_per_epoch, batch_size)
     with _scope(distribution):
-        model = _compiled_model(config, downsampling, seed, dataset, schedule)
+        model = compiled_model(config, downsampling, seed, dataset, schedule)
         traces = _count_train_step_traces(model)
         train_data = device_batches(dataset.x_train, dataset.y_train, order)
         test_data = device_batches(
@@ -136,7 +129,7 @@ def _train(config, downsampling, seed, dataset, verbose, callbacks):
         # Every evaluation after training runs on one device, on every test
         # image and in batches of any size, as in a one-device run.
         weights = model.get_weights()
-        model = _compiled_model(config, downsampling, seed, dataset, schedule)
+        model = compiled_model(config, downsampling, seed, dataset, schedule)
         model.set_weights(weights)
         test_data = device_batches(dataset.x_test, dataset.y_test, test_batches)
         # Compiles the copy's test step outside the timed evaluation, as
@@ -217,7 +210,21 @@ def _train(config, downsampling, seed, dataset, verbose, callbacks):
     return RunResult(metrics=metrics, epochs=epochs)
 
 
-def _compiled_model(config, downsampling, seed, dataset, schedule):
+def make_schedule(train, steps_per_epoch):
+    """The learning rate schedule of a run's `TrainConfig`, in steps."""
+    return LearningRateSchedule(
+        train.schedule.name,
+        train.optimizer.learning_rate,
+        total_steps=train.epochs * steps_per_epoch,
+        warmup_steps=round(train.schedule.warmup_epochs * steps_per_epoch),
+        boundaries=[e * steps_per_epoch for e in train.schedule.decay_epochs],
+        decay_factor=train.schedule.decay_factor,
+    )
+
+
+def compiled_model(config, downsampling, seed, dataset, schedule):
+    """A run's model, built and compiled as `train_run` builds it: its
+    augmentation, optimizer, loss, metrics and `jit_compile`."""
     model = build_model(
         config.model,
         downsampling,

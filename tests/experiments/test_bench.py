@@ -364,6 +364,80 @@ def test_bench_layers_script_writes_every_case_with_its_ratio(tmp_path):
     assert rows[1]["date"] >= before["strided"]["date"]
 
 
+def test_bench_layers_times_an_experiments_own_runs(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "name: tiny\n"
+        "model: {family: small_cnn, width: 4}\n"
+        "downsampling: [min, max, strided]\n"
+        "seeds: [3]\n"
+        "data: {source: synthetic, subset: 40, test_subset: 20}\n"
+        "train: {epochs: 2, batch_size: 10}\n"
+    )
+    backend = run_bench_layers(
+        tmp_path,
+        "--model-fit",
+        "--skip-layers",
+        "--fit-config",
+        str(config),
+        "--fit-set",
+        "train.batch_size=8",
+        "--fit-repeats",
+        "2",
+    )
+    # The data set is in the name: a synthetic stand-in says so.
+    rows = read_csv(tmp_path / f"model_fit_tiny_synthetic_{backend}.csv")
+    assert not (tmp_path / f"model_fit_{backend}.csv").exists()
+    # Every choice but the baseline ("max", a choice), in the config's order.
+    assert [r["downsampling"] for r in rows] == ["min", "strided"]
+    for row in rows:
+        assert row["experiment"] == "tiny" and row["baseline"] == "max"
+        assert row["dataset"] == "synthetic" and row["n_train"] == "40"
+        # The override reached the runs: 40 images in 5 steps of 8.
+        assert row["batch_size"] == "8" and row["steps"] == "5"
+        assert row["width"] == "4" and row["backend"] == backend
+        assert float(row["load_average_before"]) >= 0
+        step_ratio = float(row["median_ms_per_step"]) / float(
+            row["baseline_median_ms_per_step"]
+        )
+        assert float(row["ratio"]) == pytest.approx(step_ratio, rel=1e-2)
+        assert row["meets_goal"] == str(float(row["ratio"]) <= 1.25)
+
+    with pytest.raises(SystemExit, match="--fit-set 'downsampling"):
+        run_bench_layers(
+            tmp_path,
+            "--model-fit",
+            "--skip-layers",
+            "--fit-config",
+            str(config),
+            "--fit-choices",
+            "min",
+        )
+
+
+def test_benchmark_experiment_fit_uses_the_report_baseline():
+    from kpool.harness.config import config_from_dict
+    from kpool.harness.data import load_dataset
+
+    config = config_from_dict(
+        {
+            "name": "tiny",
+            "model": {"family": "small_cnn", "width": 4},
+            "downsampling": ["max", "avg", "strided"],
+            "seeds": [0],
+            "data": {"source": "synthetic", "subset": 20, "test_subset": 10},
+            "train": {"epochs": 1, "batch_size": 10},
+            "report": {"baseline": "strided"},
+        }
+    )
+    dataset = load_dataset("synthetic", subset=20, test_subset=10)
+    rows = bench.benchmark_experiment_fit(config, dataset, repeats=1)
+    assert [(r["downsampling"], r["baseline"]) for r in rows] == [
+        ("max", "strided"),
+        ("avg", "strided"),
+    ]
+
+
 def test_summarize_runs_takes_each_cases_median_ratio_over_runs():
     ratios = {
         ("MinPooling2D", ""): [1.7, 1.4, 1.6],
