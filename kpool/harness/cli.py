@@ -179,8 +179,8 @@ def _report(args):
 def _merge(args):
     from kpool.harness import results
 
-    summary = results.merge(args.sources, args.out)
-    print(results.report(summary))
+    _, text = results.merge(args.sources, args.out)
+    print(text)
     return 0
 
 

@@ -416,8 +416,8 @@ def run_experiment(config, *, shard=None, verbose=1, out=None):
     stamp = report_file.fingerprint(directory)
     all_runs, all_epochs = results.read_results([directory])
     if not all_runs.empty:
-        summary = results.write_summary(all_runs, all_epochs, directory, stamp)
-        say(results.report(summary))
+        _, text = results.write_summary(all_runs, all_epochs, directory, stamp)
+        say(text)
     say(
         f"{config.name}: trained {len(trained)}, skipped {len(skipped)}, "
         f"failed {len(failed)} in {_duration(time.monotonic() - start)}. "

@@ -879,7 +879,7 @@ def read_baseline(directory):
 
 def write_summary(runs, epochs, directory, stamp=None):
     """Writes summary.csv, report.md and the plots into `directory`;
-    returns summary.
+    returns the summary and the report's text.
 
     The paired comparisons take the baseline of the directory's
     config.yaml (`read_baseline`). `stamp` is the directory's
@@ -889,9 +889,10 @@ def write_summary(runs, epochs, directory, stamp=None):
         stamp = fingerprint(directory)
     summary = summarize(runs, epochs, baseline=read_baseline(directory))
     write_table(summary, pathlib.Path(directory) / SUMMARY_FILE)
-    write_report(directory, report(summary), stamp)
+    text = report(summary)
+    write_report(directory, text, stamp)
     write_plots(runs, epochs, summary, directory)
-    return summary
+    return summary, text
 
 
 def directory_report(directory):
@@ -913,8 +914,9 @@ def directory_report(directory):
 def merge(sources, out_dir):
     """Merges result directories or runs tables into `out_dir`.
 
-    Writes runs.csv, epochs.csv, summary.csv and the plots there, and copies
-    config.yaml when all sources that have one agree on it.
+    Writes runs.csv, epochs.csv, summary.csv, report.md and the plots
+    there, and copies config.yaml when all sources that have one agree on
+    it. Returns the summary and the report's text (`write_summary`).
     """
     out_dir = pathlib.Path(out_dir)
     runs, epochs = read_results(sources)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from kpool.harness import results, statistics
+from kpool.harness import report_file, results, statistics
 
 
 def run_row(run_id, downsampling, seed, accuracy, epoch_seconds, **extra):
@@ -212,8 +212,9 @@ def test_merge_writes_tables_summary_plots(tmp_path):
             shard=shard,
         )
         (directory / "config.yaml").write_text("name: exp\n")
-    summary = results.merge([one, two], out)
+    summary, text = results.merge([one, two], out)
     assert sorted(summary["downsampling"]) == ["avg", "max"]
+    assert text == results.report(summary) == report_file.read_report(out)
     assert sorted(pd.read_csv(out / "runs.csv")["run_id"]) == ["a", "b"]
     assert len(pd.read_csv(out / "epochs.csv")) == 4
     assert (out / "config.yaml").read_text() == "name: exp\n"
@@ -565,8 +566,9 @@ def test_write_summary_takes_the_baseline_of_config_yaml(tmp_path):
     runs = five_seeds([0.01, 0.02, 0.01, 0.02, 0.02])
     (tmp_path / "config.yaml").write_text("report:\n  baseline: x\n")
     assert results.read_baseline(tmp_path) == "x"
-    summary = results.write_summary(runs, pd.DataFrame(), tmp_path)
+    summary, text = results.write_summary(runs, pd.DataFrame(), tmp_path)
     assert (summary["baseline"] == "x").all()
+    assert text == results.report(summary) == report_file.read_report(tmp_path)
     written = pd.read_csv(tmp_path / "summary.csv").set_index("downsampling")
     assert written.loc["max", "test_accuracy_verdict"] == "worse"
     assert (tmp_path / "paired_differences.png").stat().st_size > 0
