@@ -318,15 +318,11 @@ def disjoint_soft_pool(window, inputs):
         )
         if bool(exact):
             return _as_data_format(pooled, window.data_format)
-    spatial = x.shape[2:]
-    pads = window.same_pads(spatial) if window.padding == "same" else None
     # Each dim cropped or padded (with -inf, which weighs 0) to s * out.
-    pairs = []
-    for d in range(n):
-        before = pads[d][0] if pads else 0
-        length = window.strides[d] * outs[d]
-        x = x.narrow(2 + d, 0, min(spatial[d], length - before))
-        pairs.append((before, max(length - spatial[d] - before, 0)))
+    tiles = window.tile_pads(inputs.shape)
+    for d, (keep, _, _) in enumerate(tiles):
+        x = x.narrow(2 + d, 0, keep)
+    pairs = [(before, after) for _, before, after in tiles]
     if any(before or after for before, after in pairs):
         x = F.pad(
             x,

@@ -109,25 +109,16 @@ def _disjoint_soft_pool(window, x):
     so the windows are a view of the (padded) input, and the reduction
     runs over the window axes of a tensor of rank 5 at most (TFLite's
     limit)."""
-    spatial = window.spatial_shape(x.shape)
-    pads = window.same_pads(spatial) if window.padding == "same" else None
     outs = window.output_spatial_shape(x.shape)
-    # Pad or crop each dim to `s * out` cells, padded cells `-inf`.
-    pairs, starts, sizes = [], [], []
-    for d, (n, s, out) in enumerate(
-        zip(spatial, window.strides, outs, strict=True)
-    ):
-        before = pads[d][0] if pads else 0
-        after = max(s * out - n - before, 0)
-        pairs.append((before, after))
-        starts.append(0)
-        sizes.append(s * out)
+    tiles = window.tile_pads(x.shape)
+    # Each dim cropped, or padded with -inf (which weighs 0), to s * out.
+    for axis, (keep, _, _) in zip(window.spatial_axes(), tiles, strict=True):
+        x = unit_slice(x, axis, 0, keep)
+    pairs = [(before, after) for _, before, after in tiles]
     if any(before or after for before, after in pairs):
         x = ops.pad(
             x, window.full_shape(pairs, (0, 0)), constant_values=float("-inf")
         )
-    for d, size in enumerate(sizes):
-        x = unit_slice(x, window.spatial_axes()[d], 0, size)
     # (batch * out_0 [* channels], s_0, [out_1, s_1,] [channels]).
     shape = list(ops.shape(x))
     view = []

@@ -233,6 +233,30 @@ class Window:
             pads.append((total // 2, total - total // 2))
         return pads
 
+    def tile_pads(self, input_shape):
+        """How each spatial dim of `input_shape` becomes `strides * out`
+        cells, whole tiles of one stride per output cell (the windows of
+        SoftPool's reshaped forms): `(keep, before, after)` per dim, the
+        first `keep` cells kept, then `before` cells padded in front
+        (`"same"`'s own) and `after` behind (what the last tile lacks).
+        """
+        spatial = self.spatial_shape(input_shape)
+        pads = self.same_pads(spatial) if self.padding == "same" else None
+        tiles = []
+        for d, (n, s, out) in enumerate(
+            zip(
+                spatial,
+                self.strides,
+                self.output_spatial_shape(input_shape),
+                strict=True,
+            )
+        ):
+            before = pads[d][0] if pads else 0
+            tiles.append(
+                (min(n, s * out - before), before, max(s * out - n - before, 0))
+            )
+        return tiles
+
     def zero_pad(self, inputs):
         """Pads `inputs` with zeros as `"same"` pads (not at all if valid).
 

@@ -283,6 +283,31 @@ def test_every_path_matches_the_papers_formula(rng, case):
     )
 
 
+@pytest.mark.parametrize("case", SOFT_PATH_CASES)
+def test_per_window_form_matches_the_papers_formula(monkeypatch, rng, case):
+    # TensorFlow and torch take the per-window form only where the shared
+    # shift is not exact; a floor above every weight sends every input
+    # there, at sizes the windows tile, crop and pad.
+    modules = {
+        "tensorflow": "kpool.backend.tensorflow.soft_pool",
+        "torch": "kpool.backend.torch",
+    }
+    name = keras.backend.backend()
+    if name in modules:
+        module = importlib.import_module(modules[name])
+        monkeypatch.setattr(module, "SHARED_PEAK_FLOOR", 2.0)
+    rank, padding, data_format, pool, stride = case
+    args = case_args(rank, padding, data_format, pool, stride)
+    for spatial in (SPATIAL[rank], (7,) * rank, (9,) * rank):
+        x = 2 * sample(rng, rank, data_format, spatial)
+        np.testing.assert_allclose(
+            numeric(ops.soft_pool(x, **args)),
+            soft_pool(x, **args),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
 @pytest.mark.parametrize("strides", [1, 2])
 def test_large_activations_in_overlapping_and_disjoint_windows(strides):
     # Activations 2e4 apart in one channel: a shift shared by the channel

@@ -65,18 +65,13 @@ def _peaked_soft_pool(window, x):
     import tensorflow as tf
 
     n = window.num_spatial_dims
-    spatial = window.spatial_shape(x.shape)
-    pads = window.same_pads(spatial) if window.padding == "same" else None
     outs = window.output_spatial_shape(x.shape)
+    tiles = window.tile_pads(x.shape)
     # Each dim cropped, or padded with -inf (which weighs 0), to s * out.
     crop = [slice(None)] * len(x.shape)
-    pairs = []
-    for d, (length, s, out) in enumerate(
-        zip(spatial, window.strides, outs, strict=True)
-    ):
-        before = pads[d][0] if pads else 0
-        crop[window.spatial_axes()[d]] = slice(0, min(length, s * out - before))
-        pairs.append((before, max(s * out - length - before, 0)))
+    for axis, (keep, _, _) in zip(window.spatial_axes(), tiles, strict=True):
+        crop[axis] = slice(0, keep)
+    pairs = [(before, after) for _, before, after in tiles]
     x = x[tuple(crop)]
     if any(before or after for before, after in pairs):
         x = tf.pad(
