@@ -399,19 +399,37 @@ def test_one_sequence_for_all_is_the_same_sequence_for_each(
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("rank", [2, 3])
 @pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize(
+    "regions",
+    [
+        {"output_ratio": 0.7},
+        {"output_ratio": 0.4},
+        {"output_ratio": 0.6, "overlapping": True},
+        {"output_ratio": 0.6, "pool_size": 2, "pseudo_random": False},
+    ],
+)
+@pytest.mark.parametrize("ties", [False, True])
 def test_fast_path_matches_keras_ops_form(
-    monkeypatch, rng, rank, shared, data_format
+    monkeypatch, rng, rank, shared, regions, ties, data_format
 ):
+    # TensorFlow gathers each dim's rows through one batched gather
+    # ("take_rows") and, outside XLA, every region's cells before one max
+    # pooling ("region_max"); `keras.ops` compares shifted windows. Ties
+    # (integer inputs) and repeated cells (regions of two lengths) must
+    # give the gradient to the same cell.
     skip_without_fast_path("take_rows")
     x = inputs(rng, rank, data_format)
+    if ties:
+        x = np.round(x).astype("float32")
     samples = rng.uniform(size=(1, 1, rank) if shared else (2, 3, rank))
     assert_same_outputs_and_gradients(
         monkeypatch,
         lambda x: kpool.ops.fractional_max_pool(
             x,
-            output_ratio=0.7,
             samples=samples.astype("float32"),
+            seed=keras.random.SeedGenerator(1),
             data_format=data_format,
+            **regions,
         ),
         x,
         rng,

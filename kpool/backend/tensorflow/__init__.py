@@ -39,6 +39,10 @@ def fast_path(name, window=None):
         return windows.running_sums
     if name == "take_rows":
         return gather.take_rows
+    # TensorFlow's 3D max pooling gives a tied maximum's gradient to every
+    # maximal cell, and so to each copy of a repeated one.
+    if name == "region_max" and window.num_spatial_dims < 3:
+        return gather.region_max
     if name == "positive_root":
         return roots.positive_root
     if name == "stochastic_expectation":

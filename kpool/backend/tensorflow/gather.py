@@ -33,3 +33,27 @@ def take_rows(x, cells, axis, channels_last):
     static[axis] = m
     gathered.set_shape(static)
     return gathered
+
+
+def region_max(x, cells, sizes, data_format):
+    """The maximum of each fractional region, the regions the same for
+    every example and channel.
+
+    `cells[d]`, int `(1, m * sizes[d])`, lists each region's cells along
+    spatial dim `d`, `sizes[d]` per region (a shorter region repeats its
+    last cell). They are gathered side by side, one dim after another (a
+    gather of whole slices each), then one max pooling with window and
+    stride `sizes` takes their maximum. Outside XLA each TensorFlow op is a
+    pass over memory: this is three for 2D inputs, where comparing shifted
+    windows takes two gathers and four elementwise ops per dim. Max
+    pooling gives a tie to the first maximal cell in row-major order, and
+    the gathered cells keep the input's order (a repeated cell comes after
+    its first copy).
+    """
+    import keras
+    import tensorflow as tf
+
+    first = 1 if data_format == "channels_last" else 2
+    for d, index in enumerate(cells):
+        x = tf.gather(x, index[0], axis=first + d)
+    return keras.ops.max_pool(x, sizes, sizes, "valid", data_format)
