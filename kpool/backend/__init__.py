@@ -31,6 +31,10 @@ def _module():
         from kpool.backend import torch
 
         return torch
+    if backend == "jax":
+        from kpool.backend import jax
+
+        return jax
     return None
 
 
