@@ -19,11 +19,12 @@ MAX_SLICED_CELLS = 16
 
 
 def fast_path(name, window=None):
-    if (
-        name == "disjoint_soft_pool"
-        and math.prod(window.pool_size) <= MAX_SLICED_CELLS
-    ):
+    # Without a window: whether this backend has the piece at all.
+    few = window is None or math.prod(window.pool_size) <= MAX_SLICED_CELLS
+    if name == "disjoint_soft_pool" and few:
         return sliced_soft_pool
+    if name == "stochastic_expectation" and few:
+        return sliced_stochastic_expectation
     return None
 
 
@@ -78,3 +79,30 @@ def sliced_soft_pool(window, x):
         total = total + exponential
     # inf - inf is NaN: a window whose maximum is infinite returns it.
     return jnp.where(jnp.isinf(peak), peak, peak + weighted / total)
+
+
+def sliced_stochastic_expectation(window, activations, rescale_above, safe):
+    """`sum a**2 / sum a` over each window of `activations` (`a >= 0`),
+    over strided slices, each window scaled by its own maximum `m`:
+    `m * sum r**2 / sum r` with `r = a / m` in [0, 1], so no square
+    overflows and no pass over the whole input finds a channel's maximum
+    first (the `keras.ops` form's rescaling, `safe`, is not needed). A
+    window of zeros gives 0, one holding `+inf` gives `+inf`, NaN
+    propagates."""
+    import jax
+    import jax.numpy as jnp
+
+    del rescale_above, safe
+    cells = window_slices(window, activations, 0.0)
+    peak = functools.reduce(jnp.maximum, cells)
+    # The expectation is homogeneous of degree 1: `m * E(a / m) = E(a)`
+    # for any constant `m`, so no gradient flows through it.
+    scale = jax.lax.stop_gradient(jnp.where(peak > 0, peak, 1.0))
+    total = 0.0
+    squares = 0.0
+    for cell in cells:
+        ratio = cell / scale
+        total = total + ratio
+        squares = squares + ratio * ratio
+    outputs = scale * squares / jnp.where(total > 0, total, 1.0)
+    return jnp.where(peak == jnp.inf, peak, outputs)
