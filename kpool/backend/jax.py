@@ -90,9 +90,10 @@ def sliced_stochastic_expectation(window, activations, rescale_above, safe):
     window of zeros gives 0, one holding `+inf` gives `+inf`, NaN
     propagates.
 
-    The gradient is written out, `dE/da_i = (2 a_i - E) / sum a`, per
-    window (0 for a window of zeros), and sent back through the slices;
-    autodiff's, through the scaled ratios, took 1.5x as long."""
+    The derivative is written out, `dE/da_i = (2 a_i - E) / sum a` per
+    window (0 for a window of zeros), as a JVP that JAX transposes for
+    the gradient; autodiff's, through the scaled ratios, took 1.5x as
+    long in training."""
     import jax
     import jax.numpy as jnp
 
@@ -110,28 +111,22 @@ def sliced_stochastic_expectation(window, activations, rescale_above, safe):
         outputs = jnp.where(peak == jnp.inf, jnp.inf, outputs)
         return outputs, (ratios, scale, safe_total)
 
-    @jax.custom_vjp
+    @jax.custom_jvp
     def expectation(x):
         return parts(x)[0]
 
-    def forward(x):
-        outputs, (_, scale, safe_total) = parts(x)
-        return outputs, (x, outputs, scale, safe_total)
-
-    def backward(residuals, upstream):
-        x, outputs, scale, safe_total = residuals
-        # dE/da_i = (2 r_i - E / m) / sum r, with r = a / m.
-        weight = upstream / safe_total
+    @expectation.defjvp
+    def tangent(primals, tangents):
+        (x,), (dx,) = primals, tangents
+        outputs, (ratios, scale, safe_total) = parts(x)
+        # dE/da_i = (2 r_i - E / m) / sum r, with r = a / m: linear in
+        # `dx`, so JAX transposes it for the reverse pass.
         mean = outputs / scale
+        changes = window_slices(window, dx, 0.0)
+        change = functools.reduce(
+            jnp.add,
+            [(2 * r - mean) * d for r, d in zip(ratios, changes, strict=True)],
+        )
+        return outputs, change / safe_total
 
-        def cell_grads(y):
-            ratios = [cell / scale for cell in window_slices(window, y, 0.0)]
-            return [weight * (2 * r - mean) for r in ratios]
-
-        # The slices' transpose (a sum of padded cells) comes from
-        # autodiff of the slicing, linear in `x`.
-        _, transpose = jax.vjp(lambda y: window_slices(window, y, 0.0), x)
-        return transpose(cell_grads(x))
-
-    expectation.defvjp(forward, backward)
     return expectation(activations)

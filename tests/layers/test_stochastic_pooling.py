@@ -314,3 +314,24 @@ def test_mixed_precision_large_activations_do_not_overflow(rng, dtype):
     )
     outputs = keras.ops.convert_to_numpy(keras.ops.cast(outputs, "float32"))
     np.testing.assert_allclose(outputs, expected, rtol=1e-2)
+
+
+def test_jax_inference_takes_forward_mode_derivatives(monkeypatch, rng):
+    # JAX's fast path defines its derivative as a JVP: `jax.jvp` (forward
+    # mode) must give what it gives for the keras.ops form.
+    if keras.backend.backend() != "jax":
+        pytest.skip("JAX's fast path")
+    import jax
+
+    x = random_input(rng, 2, "channels_last")
+    direction = rng.standard_normal(x.shape).astype("float32")
+
+    def pool(x):
+        return ops.stochastic_pool(x, 3, 2, "same", "channels_last")
+
+    outputs, change = jax.jvp(pool, (x,), (direction,))
+    with monkeypatch.context() as patch:
+        patch.setattr(backend, "fast_path", lambda *args, **kwargs: None)
+        expected, expected_change = jax.jvp(pool, (x,), (direction,))
+    np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(change, expected_change, rtol=1e-4, atol=1e-5)
