@@ -19,12 +19,15 @@ MAX_SLICED_CELLS = 16
 
 
 def fast_path(name, window=None):
+    forms = {
+        "disjoint_soft_pool": sliced_soft_pool,
+        "stochastic_expectation": sliced_stochastic_expectation,
+    }
+    if name not in forms:
+        return None
     # Without a window: whether this backend has the piece at all.
-    few = window is None or math.prod(window.pool_size) <= MAX_SLICED_CELLS
-    if name == "disjoint_soft_pool" and few:
-        return sliced_soft_pool
-    if name == "stochastic_expectation" and few:
-        return sliced_stochastic_expectation
+    if window is None or math.prod(window.pool_size) <= MAX_SLICED_CELLS:
+        return forms[name]
     return None
 
 
