@@ -510,18 +510,28 @@ def fractional_max_pool(inputs, pool_size, output_size, samples, data_format):
     return pooled, _as_data_format(indices.int(), data_format)
 
 
-def gate_logits(window, padded, kernel):
-    """`gate_logits` as one grouped convolution (`F.conv2d`, 1d, 3d), one
-    kernel per channel, of a shape known when traced: torch's ONNX export
-    takes no convolution whose kernel shape it cannot see."""
+def window_responses(window, padded, kernel):
+    """`window_responses` as one grouped convolution (`F.conv2d`, 1d, 3d),
+    `n` filters per channel, of a kernel shape known when traced: torch's
+    ONNX export takes no convolution whose kernel shape it cannot see."""
     n = window.num_spatial_dims
     x = _channels_first(padded, window.data_format)
     channels = int(x.shape[1])
-    if kernel.ndim == 1:
-        kernel = kernel[:, None].expand(-1, channels)
-    kernel = kernel.T.reshape(channels, 1, *window.pool_size)
-    logits = _CONVS[n](x, kernel, stride=window.strides, groups=channels)
-    return _as_data_format(logits, window.data_format)
+    count = int(kernel.shape[1])
+    if kernel.ndim == 2:
+        kernel = kernel[:, :, None].expand(-1, -1, channels)
+    # Output channel `c * count + j` is filter `j` of channel `c`.
+    kernel = kernel.permute(2, 1, 0).reshape(
+        channels * count, 1, *window.pool_size
+    )
+    responses = _CONVS[n](x, kernel, stride=window.strides, groups=channels)
+    responses = responses.reshape(
+        -1, channels, count, *_spatial_shape(responses)
+    )
+    return [
+        _as_data_format(response, window.data_format)
+        for response in responses.unbind(2)
+    ]
 
 
 _FAST_PATHS = {
@@ -530,7 +540,6 @@ _FAST_PATHS = {
     "clamp_min": clamp_min,
     "disjoint_soft_pool": disjoint_soft_pool,
     "fractional_max_pool": fractional_max_pool,
-    "gate_logits": gate_logits,
     "lp_pool": lp_pool,
     "max_pool_with_argmax": max_pool_with_argmax,
     "max_unpool": max_unpool,
@@ -540,4 +549,5 @@ _FAST_PATHS = {
     "stochastic_expectation": stochastic_expectation,
     "take_rows": take_rows,
     "value_range": value_range,
+    "window_responses": window_responses,
 }

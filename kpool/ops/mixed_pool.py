@@ -4,6 +4,7 @@ import numbers
 from keras import ops
 
 from kpool import backend
+from kpool.ops.window_cells import window_responses
 from kpool.ops.windows import Window, as_tensor
 
 GRANULARITIES = ("region", "channel", "layer")
@@ -167,15 +168,5 @@ def gate_logits(window, padded, gate_kernel):
             f"(prod(pool_size), channels) = ({size},) or ({size}, "
             f"{channels}). Received: gate_kernel.shape={kernel.shape}"
         )
-    fast = backend.fast_path("gate_logits", padded, window)
-    if fast is not None:
-        return fast(window, padded, kernel)
-    windows = window.windows(padded)
-    if len(kernel.shape) == 1 and window.channels_last:
-        kernel = kernel[:, None]
-    elif len(kernel.shape) == 2 and not window.channels_last:
-        kernel = ops.reshape(
-            ops.transpose(kernel),
-            (channels, *(1,) * window.num_spatial_dims, -1),
-        )
-    return ops.sum(windows * kernel, axis=window.window_axis)
+    # One filter: (K, 1), or (K, 1, channels).
+    return window_responses(window, padded, ops.expand_dims(kernel, 1))[0]

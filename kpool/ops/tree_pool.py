@@ -2,7 +2,7 @@ import math
 
 from keras import ops
 
-from kpool.ops.window_cells import low_rank_windows
+from kpool.ops.window_cells import window_responses
 from kpool.ops.windows import Window, as_tensor, float_compute_dtype
 
 
@@ -81,17 +81,8 @@ def tree_pool(
     # A Python int: torch's tracer (ONNX export) gives sizes as tensors.
     num_leaves = int(leaves.shape[1])
     kernel = leaves if gates is None else ops.concatenate([leaves, gates], 1)
-    cells = low_rank_windows(window, window.zero_pad(x))
-    # One contraction gives every leaf's and gate's response: node axis n.
-    spatial = "xyz"[: window.num_spatial_dims]
-    per_channel = "c" if len(kernel.shape) == 3 else ""
-    if window.channels_last:
-        equation = f"b{spatial}kc,kn{per_channel}->b{spatial}nc"
-        node_axis = -2
-    else:
-        equation = f"bc{spatial}k,kn{per_channel}->bc{spatial}n"
-        node_axis = -1
-    responses = ops.unstack(ops.einsum(equation, cells, kernel), axis=node_axis)
+    # Every leaf's and gate's response to each window.
+    responses = window_responses(window, window.zero_pad(x), kernel)
     # Heap order: values[m] is f_m; leaves first, then the gates bottom-up.
     values = {num_leaves + i: responses[i] for i in range(num_leaves)}
     for m in range(num_leaves - 1, 0, -1):

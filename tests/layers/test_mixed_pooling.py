@@ -312,11 +312,11 @@ def test_unit_interval_clips_and_round_trips_its_config():
         )
     ],
 )
-def test_gate_logits_fast_path_matches_keras_ops_form(monkeypatch, rng, case):
+def test_gate_fast_path_matches_keras_ops_form(monkeypatch, rng, case):
     # torch's is one grouped convolution for every rank.
     rank, padding, data_format, granularity = case
     window = Window(rank, 3, 2, padding, data_format)
-    skip_without_fast_path("gate_logits", window)
+    skip_without_fast_path("window_responses", window)
     x = random_input(rng, rank, data_format)
     channels = x.shape[window.channel_axis]
     shape = (3**rank,)

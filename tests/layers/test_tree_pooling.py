@@ -8,7 +8,8 @@ import pytest
 from absl.testing import parameterized
 from keras.src import testing
 
-from kpool import layers, ops
+from kpool import backend, layers, ops
+from kpool.ops.windows import Window
 
 from .assertions import (
     assert_jit_matches_eager,
@@ -19,6 +20,8 @@ from .assertions import (
     to_format,
     windows,
 )
+from .fast_paths import skip_without_fast_path
+from .gradients import layer_gradients
 
 TREES = {
     1: layers.TreePooling1D,
@@ -141,6 +144,63 @@ def test_gradients_reach_the_leaves_and_the_gates(rng, granularity):
             expected[position] = (up - loss(*moved)) / (2 * step)
         assert np.abs(expected).max() > 1e-2  # the check is not vacuous
         np.testing.assert_allclose(gradient, expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "rank, pool_size, padding, data_format, granularity",
+    [
+        (1, 3, "same", "channels_first", "layer"),
+        (2, 2, "valid", "channels_last", "layer"),
+        (2, 3, "same", "channels_last", "channel"),
+        (2, 3, "valid", "channels_first", "channel"),
+        # 25 cells: past `MAX_SLOTTED_CELLS`, the keras.ops form contracts.
+        (2, 5, "same", "channels_first", "layer"),
+        (3, 2, "same", "channels_last", "channel"),
+    ],
+)
+def test_fast_path_matches_keras_ops_form(
+    monkeypatch, rng, rank, pool_size, padding, data_format, granularity
+):
+    # Values and the gradients of the input, the leaves and the gates.
+    window = Window(rank, pool_size, 2, padding, data_format)
+    skip_without_fast_path("window_responses", window)
+    x = sample(rng, rank, data_format, SPATIAL[rank])
+    layer = TREES[rank](
+        pool_size, 2, padding, data_format, depth=3, granularity=granularity
+    )
+    layer.build(x.shape)
+    channels = 3 if granularity == "channel" else None
+    leaf, gate = random_kernels(rng, pool_size**rank, 3, channels)
+    layer.leaf_kernels.assign(leaf)
+    layer.gate_kernels.assign(gate)
+    upstream = rng.uniform(1, 2, layer.compute_output_shape(x.shape))
+    upstream = upstream.astype("float32")
+    outputs, x_gradient, (leaf_gradient, gate_gradient) = layer_gradients(
+        layer, x, upstream
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr(backend, "fast_path", lambda *args, **kwargs: None)
+        expected = layer_gradients(layer, x, upstream)
+    for got, want in zip(
+        (outputs, x_gradient, leaf_gradient, gate_gradient),
+        (*expected[:2], *expected[2]),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        outputs,
+        tree_pool(
+            x,
+            leaf,
+            gate,
+            (pool_size,) * rank,
+            (2,) * rank,
+            padding,
+            data_format,
+        ),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_op_example_and_depth_one():

@@ -61,8 +61,8 @@ def fast_path(name, window=None):
 
         return depthwise_filter_axis
     # keras.ops has no 3D depthwise convolution on TensorFlow.
-    if name == "gate_logits" and window.num_spatial_dims < 3:
-        from kpool.backend.depthwise import depthwise_gate_logits
+    if name == "window_responses" and window.num_spatial_dims < 3:
+        from kpool.backend.depthwise import depthwise_responses
 
-        return depthwise_gate_logits
+        return depthwise_responses
     return None
