@@ -79,6 +79,11 @@ def new_operators_model():
     x = layers.MedianPooling2D(3, strides=1, padding="same")(x)
     x = layers.FractionalMaxPooling2D(output_size=(9, 9), seed=0)(x)
     x = layers.TreePooling2D(2, strides=1, granularity="channel")(x)
+    # Shared filters take another fast path than per-channel ones.
+    x = layers.TreePooling2D(2, strides=1, depth=3)(x)
+    x = layers.MixedPooling2D(2, strides=1, mode="gated", granularity="layer")(
+        x
+    )
     pyramid = layers.SpatialPyramidPooling2D(bins=(1, 2))(x)
     values, indices = layers.MaxPoolingWithArgmax2D(2)(x)
     x = layers.MaxUnpooling2D(2)(values, indices)

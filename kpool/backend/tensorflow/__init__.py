@@ -60,7 +60,7 @@ def fast_path(name, window=None):
         from kpool.backend.depthwise import depthwise_filter_axis
 
         return depthwise_filter_axis
-    # keras.ops has no 3D depthwise convolution on TensorFlow.
+    # keras.ops has no 3D depthwise convolution nor 4D convolution here.
     if name == "window_responses" and window.num_spatial_dims < 3:
         from kpool.backend.depthwise import depthwise_responses
 
