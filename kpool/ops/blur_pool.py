@@ -113,8 +113,9 @@ class Blur:
         compute_dtype = float_compute_dtype(dtype)
         outputs = ops.cast(inputs, compute_dtype)
         weights = binomial_filter(self.filter_size)
-        # torch blurs every axis in one depthwise convolution.
-        fast = backend.fast_path("blur", inputs)
+        # torch, and TensorFlow's graph mode in 2D, blur every axis in one
+        # depthwise convolution.
+        fast = backend.fast_path("blur", inputs, self)
         if fast is not None:
             return ops.cast(fast(self, outputs, weights), dtype)
         # The sliced form suits XLA; the TensorFlow graph runs the depthwise

@@ -199,7 +199,8 @@ def test_depthwise_form_matches_the_sliced_form(rng, filter_size, stride):
 def test_fast_path_matches_keras_ops_form(
     monkeypatch, rng, rank, data_format, filter_size, stride, padding_mode
 ):
-    # torch blurs every axis at once, one depthwise convolution.
+    # torch blurs every axis at once, one depthwise convolution, and so
+    # does TensorFlow's graph mode in 2D with channels last.
     skip_without_fast_path("blur")
     spatial = {1: (9,), 2: (9, 8), 3: (7, 6, 5)}[rank]
     x = sample(rng, rank, data_format, spatial)

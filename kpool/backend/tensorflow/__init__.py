@@ -9,6 +9,7 @@ models serve without kpool.
 """
 
 from kpool.backend.tensorflow import (
+    blur,
     gather,
     random,
     roots,
@@ -54,6 +55,18 @@ def fast_path(name, window=None):
         and window.channels_last
     ):
         return soft_pool.disjoint_soft_pool
+    # One depthwise convolution over both axes at once, as TensorFlow's
+    # users write it; "replicate" pads by tf.pad's "SYMMETRIC", which
+    # repeats the edge cell once.
+    if name == "blur" and (
+        window is None  # whether this backend has the piece at all
+        or (
+            window.num_spatial_dims == 2
+            and window.data_format == "channels_last"
+            and (window.padding_mode != "replicate" or max(window.pads) <= 1)
+        )
+    ):
+        return blur.blur
     # One depthwise convolution per axis runs about as fast as max pooling
     # in TensorFlow's graph mode; the slices XLA fuses take 3x as long.
     if name == "blur_filter_axis":
