@@ -87,11 +87,12 @@ def test_gradient_matches_torch(rng):
 
 @pytest.mark.parametrize("mode", ["max", "average"])
 @pytest.mark.parametrize("data_format", DATA_FORMATS)
-@pytest.mark.parametrize("size", [(13, 10), (4, 3)])
+@pytest.mark.parametrize("size", [(13, 10), (4, 3), (8, 12)])
 def test_fast_path_matches_keras_ops_form(
     monkeypatch, rng, mode, data_format, size
 ):
-    # torch's adaptive pooling for every level; masked reductions and a
+    # torch's adaptive pooling for every level; TensorFlow's pooling where
+    # the bins divide the input (8x12, channels last); reductions and a
     # global max or mean in keras.ops. (Ties aside: random inputs.)
     skip_without_fast_path("adaptive_pool")
     x = images(rng, data_format, size)

@@ -9,6 +9,7 @@ models serve without kpool.
 """
 
 from kpool.backend.tensorflow import (
+    adaptive,
     blur,
     gather,
     random,
@@ -38,6 +39,8 @@ def fast_path(name, window=None):
         return None
     if name == "running_sums":
         return windows.running_sums
+    if name == "adaptive_pool":
+        return adaptive.adaptive_pool
     if name == "take_rows":
         return gather.take_rows
     # TensorFlow's 3D max pooling gives a tied maximum's gradient to every
