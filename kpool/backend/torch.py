@@ -540,15 +540,20 @@ def _shared_responses(window, padded, kernel):
     """`window_responses` of filters `(K, n)` shared by the channels, as
     `kpool.backend.depthwise.shared_responses` takes them: one convolution
     of one more spatial dim over a unit channel, the channel axis a dim of
-    kernel size 1. No permutation in either layout; 3x faster than the
-    grouped convolution with channels last (tree pooling, 2x2 and 3x3)."""
+    kernel size 1. No copy in either layout; 2x faster than the grouped
+    convolution (tree pooling, 2x2 and 3x3, channels last)."""
     if window.data_format == "channels_last":
         sizes, strides = (*window.pool_size, 1), (*window.strides, 1)
     else:
         sizes, strides = (1, *window.pool_size), (1, *window.strides)
     count = int(kernel.shape[1])
     kernel = kernel.T.reshape(count, 1, *sizes)
-    responses = _CONVS[len(sizes)](padded.unsqueeze(1), kernel, stride=strides)
+    # The unit channel with stride 1, as a permutation gives it: torch then
+    # takes its channels-last convolution, 4x faster here than for the
+    # same tensor viewed by `unsqueeze(1)`.
+    rank = padded.dim()
+    x = padded.unsqueeze(-1).permute(0, rank, *range(1, rank))
+    responses = _CONVS[len(sizes)](x, kernel, stride=strides)
     return list(responses.unbind(1))
 
 
