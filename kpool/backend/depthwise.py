@@ -66,10 +66,10 @@ def depthwise_responses(window, padded, kernel):
     CPU 3-30x slower than the slots it fuses, and `keras.ops` has no 3D
     depthwise convolution on TensorFlow.
     """
-    channels = int(padded.shape[window.channel_axis])
-    count = int(kernel.shape[1])
     if len(kernel.shape) == 2:
         return shared_responses(window, padded, kernel)
+    channels = int(padded.shape[window.channel_axis])
+    count = int(kernel.shape[1])
     kernel = ops.transpose(kernel, (0, 2, 1))
     kernel = ops.reshape(kernel, (*window.pool_size, channels, count))
     responses = ops.depthwise_conv(

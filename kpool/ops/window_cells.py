@@ -177,8 +177,9 @@ def window_responses(window, padded, kernel):
     row-major order shared by the channels, or `(K, n, channels)`, one set
     per channel. Returns a list of `n` tensors of the output's shape.
 
-    The backend's fast path is one depthwise (grouped) convolution where
-    each op is its own kernel (TensorFlow's graph mode, torch); otherwise
+    Where each op is its own kernel (TensorFlow's graph mode, torch) the
+    backend's fast path is one convolution: over a unit channel for
+    shared filters, depthwise (grouped) for per-channel ones. Otherwise
     small windows sum their slots and larger ones contract the windows.
     """
     fast = backend.fast_path("window_responses", padded, window)
