@@ -548,6 +548,8 @@ def _shared_responses(window, padded, kernel):
         sizes, strides = (1, *window.pool_size), (1, *window.strides)
     count = int(kernel.shape[1])
     kernel = kernel.T.reshape(count, 1, *sizes)
+    # Not `keras.ops.conv` (`depthwise.shared_responses`): it asks for a
+    # memory format, which torch's ONNX export cannot take.
     # The unit channel with stride 1, as a permutation gives it: torch then
     # takes its channels-last convolution, 4x faster here than for the
     # same tensor viewed by `unsqueeze(1)`.
