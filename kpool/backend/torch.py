@@ -433,22 +433,42 @@ class _TiledSoftPool(torch.autograd.Function):
         return gradient.view(shape), None, None, None, None
 
 
-def same_max_pool(window, inputs):
-    """`keras.ops.max_pool(padding="same")` with its pads as Python ints:
-    torch's own padding where they are symmetric, else the input padded
-    with `-inf` (torch pools floats only). Keras pads an odd size by
-    `replicate`, by amounts that torch's ONNX export sees as unknown."""
+def max_pool(window, inputs):
+    """`keras.ops.max_pool` over `window`'s windows, on a permuted view.
+
+    Keras's torch pooling copies a channels-last input to channels first
+    (`.contiguous()`) and returns a view of the channels-first output;
+    torch's own pooling takes the permuted view as channels-last memory,
+    with no copy, and gives a channels-last output, contiguous once
+    permuted back (at 512x32x32x64, 2x2: 46 ms, Keras's 213 ms). Under
+    `"same"` the pads are Python ints: torch's own padding where they are
+    symmetric, else the input padded with `-inf` (torch pools floats
+    only). Keras pads an odd size by `replicate`, by amounts that torch's
+    ONNX export sees as unknown."""
     x = _channels_first(inputs, window.data_format)
-    pads = window.same_pads(_spatial_shape(x))
-    if all(before == after for before, after in pads):
-        padding = [before for before, _ in pads]
-    else:
-        flat = [p for pair in reversed(pads) for p in pair]
-        x, padding = F.pad(x, flat, value=float("-inf")), 0
+    padding = 0
+    if window.padding == "same":
+        pads = window.same_pads(_spatial_shape(x))
+        if all(before == after for before, after in pads):
+            padding = [before for before, _ in pads]
+        else:
+            flat = [p for pair in reversed(pads) for p in pair]
+            x = F.pad(x, flat, value=float("-inf"))
     pooled = _MAX_POOLS[window.num_spatial_dims](
         x, window.pool_size, window.strides, padding
     )
     return _as_data_format(pooled, window.data_format)
+
+
+def window_means(window, padded):
+    """`Window.window_means`: the mean of each window of `padded`, as
+    `keras.ops.average_pool(padding="valid")` but on a permuted view
+    (`max_pool`: at 512x32x32x64, 2x2, 22 ms, Keras's 141 ms)."""
+    x = _channels_first(padded, window.data_format)
+    means = _AVG_POOLS[window.num_spatial_dims](
+        x, window.pool_size, window.strides
+    )
+    return _as_data_format(means, window.data_format)
 
 
 def take_rows(x, cells, axis, channels_last):
@@ -576,12 +596,13 @@ _FAST_PATHS = {
     "fractional_max_pool": fractional_max_pool,
     "lp_pool": lp_pool,
     "max_pool_with_argmax": max_pool_with_argmax,
+    "max_pool": max_pool,
     "max_unpool": max_unpool,
     "order_statistics": order_statistics,
     "power_mean": power_mean,
-    "same_max_pool": same_max_pool,
     "stochastic_expectation": stochastic_expectation,
     "take_rows": take_rows,
     "value_range": value_range,
+    "window_means": window_means,
     "window_responses": window_responses,
 }

@@ -208,14 +208,12 @@ class Window:
         return (input_shape[0], input_shape[1], *spatial)
 
     def max_pool(self, inputs):
-        """`keras.ops.max_pool` over these windows. Under `"same"` on
-        torch, the backend's form (`kpool.backend.torch.same_max_pool`):
-        Keras's torch max pooling pads an odd size by amounts that torch's
-        ONNX export sees as unknown."""
-        if self.padding == "same":
-            fast = backend.fast_path("same_max_pool", inputs, self)
-            if fast is not None:
-                return fast(self, inputs)
+        """`keras.ops.max_pool` over these windows; on torch, the backend's
+        form (`kpool.backend.torch.max_pool`): no copy of a channels-last
+        input, and pads under `"same"` that torch's ONNX export can read."""
+        fast = backend.fast_path("max_pool", inputs, self)
+        if fast is not None:
+            return fast(self, inputs)
         return ops.max_pool(
             inputs,
             pool_size=self.pool_size,
@@ -271,6 +269,9 @@ class Window:
 
     def window_means(self, padded):
         """The mean of each window of zero-padded `padded`, zeros counted."""
+        fast = backend.fast_path("window_means", padded, self)
+        if fast is not None:
+            return fast(self, padded)
         return ops.average_pool(
             padded,
             pool_size=self.pool_size,

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 import reference
@@ -57,16 +59,28 @@ def test_gradient_reaches_each_windows_minimum(rng):
     np.testing.assert_allclose(input_gradient, expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+# One `case` parameter: every backend runs every case (the grid sample
+# of conftest.py keys on `padding` and `data_format`).
+@pytest.mark.parametrize(
+    "case",
+    list(
+        itertools.product(
+            ["valid", "same"], ["channels_last", "channels_first"]
+        )
+    ),
+    ids="-".join,
+)
 @pytest.mark.parametrize("size", [5, 6, 7, 8])
 @pytest.mark.parametrize("pool, stride", [(2, 2), (3, 2), (2, 3), (3, 1)])
-def test_same_max_pool_fast_path_matches_keras_ops_form(
-    monkeypatch, rng, data_format, size, pool, stride
+def test_max_pool_fast_path_matches_keras_ops_form(
+    monkeypatch, rng, case, size, pool, stride
 ):
-    """Max pooling under "same" (torch: its own padding where symmetric,
-    else the lowest value as padding), as min pooling uses it."""
-    args = window_args(2, "same", data_format, pool, stride)
-    skip_without_fast_path("same_max_pool")
+    """Max pooling as min pooling uses it (torch: its own pooling on a
+    permuted view; under "same" its own padding where symmetric, else the
+    lowest value as padding)."""
+    padding, data_format = case
+    args = window_args(2, padding, data_format, pool, stride)
+    skip_without_fast_path("max_pool")
     shape = (2, size, size + 1, 3)
     if data_format == "channels_first":
         shape = (2, 3, size, size + 1)

@@ -313,7 +313,7 @@ def test_unit_interval_clips_and_round_trips_its_config():
     ],
 )
 def test_gate_fast_path_matches_keras_ops_form(monkeypatch, rng, case):
-    # torch's is one grouped convolution for every rank.
+    # torch's: one depthwise convolution per filter, for every rank.
     rank, padding, data_format, granularity = case
     window = Window(rank, 3, 2, padding, data_format)
     skip_without_fast_path("window_responses", window)
@@ -332,3 +332,33 @@ def test_gate_fast_path_matches_keras_ops_form(monkeypatch, rng, case):
         rng,
         rtol=1e-5,
     )
+
+
+@pytest.mark.parametrize(
+    "case",
+    list(
+        itertools.product(
+            [1, 2, 3], ["valid", "same"], ["channels_last", "channels_first"]
+        )
+    ),
+    ids=lambda case: "{}d-{}-{}".format(*case),
+)
+def test_pooling_fast_paths_match_keras_ops_form(monkeypatch, rng, case):
+    """Max and average pooling as mixed pooling uses them (torch: its own
+    poolings on a permuted view), with ties and zeros in the input. Every
+    case on every backend: one `case` parameter escapes conftest.py's grid
+    sample."""
+    rank, padding, data_format = case
+    skip_without_fast_path("window_means")
+    x = random_input(rng, rank, data_format)
+    x = np.round(x * 4) / 4
+    outputs = assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: ops.mixed_pool(x, 3, 2, padding, data_format, alpha=0.3),
+        x,
+        rng,
+    )
+    args = window_args(rank, padding, data_format, 3, 2)
+    expected = 0.3 * reference.pool(x, reference.max_pool, **args)
+    expected += 0.7 * reference.pool(x, reference.average_pool, **args)
+    np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-6)
