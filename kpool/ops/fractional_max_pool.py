@@ -1,3 +1,4 @@
+import copy
 import math
 import numbers
 
@@ -351,7 +352,7 @@ def fractional_max_pool(
     # 1.0-1.25x the form below).
     fast = backend.fast_path("region_max", inputs, windows) if shared else None
     if fast is None:
-        pooled = _compared_windows(
+        pooled = _per_dim_maxima(
             pooled, windows, spatial, outputs, bounds, shared, batch
         )
     else:
@@ -376,49 +377,75 @@ def region_cells(bounds, size):
     return ops.minimum(starts[:, :, None] + offsets, ends[:, :, None] - 1)
 
 
-def _compared_windows(x, windows, spatial, outputs, bounds, shared, batch):
-    """Max over the regions, one spatial dim at a time, the last first: a
-    max pooling of stride 1 whose window is the shortest region's length
-    `w`, then a gather of the `ceil(longest / w)` windows that cover each
-    region (one with torch's windows) and their maximum."""
-    # The last dim first: ties then go to the first maximal cell in
-    # row-major order (each max pooling gives its first maximal cell the
-    # gradient, and each comparison below the earlier window).
+def _per_dim_maxima(x, windows, spatial, outputs, bounds, shared, batch):
+    """The maximum over each region, one spatial dim at a time, the last
+    first: a max pooling of stride 1 whose window is the shortest region's
+    length `w`, then a gather of the `ceil(longest / w)` windows that cover
+    each region (one with torch's windows) and their maximum.
+
+    The last dim first: ties then go to the first maximal cell in
+    row-major order (each max pooling gives its first maximal cell the
+    gradient, and each comparison the earlier window). Where the backend
+    gathers one row per example and channel faster with the dim's axis
+    just after them (TensorFlow), and no max pooling comes between the
+    gathers (every region at most twice the shortest, as at Graham's
+    ratios), each dim runs in that layout (`each_dim_leading`)."""
     rank = windows.num_spatial_dims
-    pooled = x
-    for d in reversed(range(rank)):
-        n, m = spatial[d], outputs[d]
-        starts, ends = bounds[d]
-        if windows.pool_size is not None:
-            width, count = windows.pool_size[d], 1
-        else:
-            # Every region holds at least `width` cells and at most `count`
-            # windows of them, which cover it, overlapping.
-            width = n // m
-            size = region_size(n, m, None, windows.overlapping)
-            count = math.ceil(size / width)
-        axis = (1 if windows.channels_last else 2) + d
-        if width > 1:
-            sizes = [1] * rank
-            sizes[d] = width
-            pooled = ops.max_pool(
-                pooled,
-                tuple(sizes),
-                1,
-                "valid",
-                data_format=windows.data_format,
+    widths = [
+        n // m if windows.pool_size is None else windows.pool_size[d]
+        for d, (n, m) in enumerate(zip(spatial, outputs, strict=True))
+    ]
+    arranged = None
+    if not shared and max(widths) == 1:
+        arranged = backend.fast_path("each_dim_leading", x)
+    if arranged is None:
+        for d in reversed(range(rank)):
+            axis = (1 if windows.channels_last else 2) + d
+            x = _dim_maxima(
+                x, windows, d, axis, spatial, outputs, bounds, shared, batch
             )
-        reduced = None
-        for j in range(count):
-            cells = ops.minimum(starts + j * width, ends - width)
-            chosen = _take_rows(pooled, cells, axis, shared, windows, batch)
-            if reduced is None:
-                reduced = chosen
-            else:
-                later = ops.logical_or(chosen > reduced, ops.isnan(chosen))
-                reduced = ops.where(later, chosen, reduced)
-        pooled = reduced
-    return pooled
+        return x
+    # Each dim's gathers see channels first, the dim first of the spatial.
+    leading = copy.copy(windows)
+    leading.data_format = "channels_first"
+    return arranged(
+        x,
+        lambda x, d: _dim_maxima(
+            x, leading, d, 2, spatial, outputs, bounds, shared, batch
+        ),
+        rank,
+        windows.channels_last,
+    )
+
+
+def _dim_maxima(x, windows, d, axis, spatial, outputs, bounds, shared, batch):
+    """The maxima over spatial dim `d`'s regions, `x`'s axis `axis`."""
+    n, m = spatial[d], outputs[d]
+    starts, ends = bounds[d]
+    if windows.pool_size is not None:
+        width, count = windows.pool_size[d], 1
+    else:
+        # Every region holds at least `width` cells and at most `count`
+        # windows of them, which cover it, overlapping.
+        width = n // m
+        size = region_size(n, m, None, windows.overlapping)
+        count = math.ceil(size / width)
+    if width > 1:
+        sizes = [1] * windows.num_spatial_dims
+        sizes[d] = width
+        x = ops.max_pool(
+            x, tuple(sizes), 1, "valid", data_format=windows.data_format
+        )
+    reduced = None
+    for j in range(count):
+        cells = ops.minimum(starts + j * width, ends - width)
+        chosen = _take_rows(x, cells, axis, shared, windows, batch)
+        if reduced is None:
+            reduced = chosen
+        else:
+            later = ops.logical_or(chosen > reduced, ops.isnan(chosen))
+            reduced = ops.where(later, chosen, reduced)
+    return reduced
 
 
 def _take_rows(x, cells, axis, shared, windows, batch):

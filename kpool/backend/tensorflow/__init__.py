@@ -43,6 +43,8 @@ def fast_path(name, window=None):
         return adaptive.adaptive_pool
     if name == "take_rows":
         return gather.take_rows
+    if name == "each_dim_leading":
+        return gather.each_dim_leading
     # TensorFlow's 3D max pooling gives a tied maximum's gradient to every
     # maximal cell, and so to each copy of a repeated one.
     if name == "region_max" and window.num_spatial_dims < 3:

@@ -57,3 +57,28 @@ def region_max(x, cells, sizes, data_format):
     for d, index in enumerate(cells):
         x = tf.gather(x, index[0], axis=first + d)
     return keras.ops.max_pool(x, sizes, sizes, "valid", data_format)
+
+
+def each_dim_leading(x, reduce_dim, rank, channels_last):
+    """`reduce_dim(x, d)` for each spatial dim `d`, the last first, each on
+    `x` transposed to `(batch, channels, dim d, the other spatial dims)`;
+    the result in `x`'s layout.
+
+    `take_rows` gathers one row per example and channel as a gather with
+    the example and the channel as batch dims. Along the innermost axis
+    that gather copies one element at a time: at 128x32x32x32, channels
+    first, 17 ms for the width's gather where the height's (rows of 32
+    cells) takes 0.8 ms (TensorFlow's step stats). Here each dim's axis
+    comes just after the batch dims, for `rank + 1` transposes in all,
+    where a channels-last input took two per gather."""
+    import tensorflow as tf
+
+    spatial = list(range(rank))
+    start = ["b", *spatial, "c"] if channels_last else ["b", "c", *spatial]
+    labels = start
+    for d in reversed(spatial):
+        target = ["b", "c", d, *(e for e in spatial if e != d)]
+        x = tf.transpose(x, [labels.index(label) for label in target])
+        labels = target
+        x = reduce_dim(x, d)
+    return tf.transpose(x, [labels.index(label) for label in start])
