@@ -497,6 +497,45 @@ def take_rows(x, cells, axis, channels_last):
     return x.gather(axis, index.expand(target))
 
 
+def rows_maximum(x, cell_sets, axis, channels_last):
+    """The maximum over `take_rows(x, cells, axis, channels_last)` for the
+    `cells` in `cell_sets`, elementwise, the earliest of tied rows taking
+    the gradient and NaN propagated: one gather of every set's rows side
+    by side, then torch's `max` over them, which returns (and gives the
+    gradient to) the first maximal or the first NaN entry. The `keras.ops`
+    form compares the sets' gathers one by one: a `where` and its
+    backward for each, and one gather's backward more each; the same
+    choice but for two NaN rows, where it takes the later one."""
+    count = len(cell_sets)
+    rows, m = cell_sets[0].shape
+    # Entry `i * count + j` is region `i`'s cell in set `j`.
+    cells = torch.stack(cell_sets, -1).reshape(rows, m * count)
+    gathered = take_rows(x, cells, axis, channels_last)
+    shape = list(gathered.shape)
+    shape[axis : axis + 1] = [m, count]
+    return gathered.reshape(shape).max(axis + 1).values
+
+
+def each_dim_trailing(x, reduce_dim, rank, channels_last):
+    """`reduce_dim(x, d, rank + 1)` for each spatial dim `d`, the last
+    first, each on a contiguous copy of `x` laid out `(batch, channels, the
+    other spatial dims, dim d)`; the result in `x`'s layout.
+
+    torch's `gather` along the innermost axis of a contiguous tensor, with
+    the index expanded over the other axes, runs 2.5-3.3x faster, forward
+    and backward, than along any other (128x32x32x32, 22 of 32 cells), and
+    faster than a permuted view: the copies cost less than they save."""
+    spatial = list(range(rank))
+    start = ["b", *spatial, "c"] if channels_last else ["b", "c", *spatial]
+    labels = start
+    for d in reversed(spatial):
+        target = ["b", "c", *(e for e in spatial if e != d), d]
+        x = x.permute(*(labels.index(label) for label in target))
+        x = reduce_dim(x.contiguous(), d, rank + 1)
+        labels = target
+    return x.permute(*(labels.index(label) for label in start)).contiguous()
+
+
 def fractional_max_pool(inputs, pool_size, output_size, samples, data_format):
     """`F.fractional_max_pool2d/3d` over torch's windows (`pool_size`) and
     pseudo-random sequences: `(pooled, int32 indices)`, or `None` where it
@@ -593,6 +632,7 @@ _FAST_PATHS = {
     "blur": blur,
     "clamp_min": clamp_min,
     "disjoint_soft_pool": disjoint_soft_pool,
+    "each_dim_arranged": each_dim_trailing,
     "fractional_max_pool": fractional_max_pool,
     "lp_pool": lp_pool,
     "max_pool_with_argmax": max_pool_with_argmax,
@@ -600,6 +640,7 @@ _FAST_PATHS = {
     "max_unpool": max_unpool,
     "order_statistics": order_statistics,
     "power_mean": power_mean,
+    "rows_maximum": rows_maximum,
     "stochastic_expectation": stochastic_expectation,
     "take_rows": take_rows,
     "value_range": value_range,

@@ -386,10 +386,11 @@ def _per_dim_maxima(x, windows, spatial, outputs, bounds, shared, batch):
     The last dim first: ties then go to the first maximal cell in
     row-major order (each max pooling gives its first maximal cell the
     gradient, and each comparison the earlier window). Where the backend
-    gathers one row per example and channel faster with the dim's axis
-    just after them (TensorFlow), and no max pooling comes between the
-    gathers (every region at most twice the shortest, as at Graham's
-    ratios), each dim runs in that layout (`each_dim_leading`)."""
+    gathers one row per example and channel faster in another layout
+    (TensorFlow: the dim's axis just after the example and channel;
+    torch: the dim's axis innermost), and no max pooling comes between
+    the gathers (every region at most twice the shortest, as at Graham's
+    ratios), each dim runs in that layout (`each_dim_arranged`)."""
     rank = windows.num_spatial_dims
     widths = [
         n // m if windows.pool_size is None else windows.pool_size[d]
@@ -397,7 +398,7 @@ def _per_dim_maxima(x, windows, spatial, outputs, bounds, shared, batch):
     ]
     arranged = None
     if not shared and max(widths) == 1:
-        arranged = backend.fast_path("each_dim_leading", x)
+        arranged = backend.fast_path("each_dim_arranged", x)
     if arranged is None:
         for d in reversed(range(rank)):
             axis = (1 if windows.channels_last else 2) + d
@@ -405,13 +406,13 @@ def _per_dim_maxima(x, windows, spatial, outputs, bounds, shared, batch):
                 x, windows, d, axis, spatial, outputs, bounds, shared, batch
             )
         return x
-    # Each dim's gathers see channels first, the dim first of the spatial.
-    leading = copy.copy(windows)
-    leading.data_format = "channels_first"
+    # Each dim's gathers see the example and channel axes first.
+    laid_out = copy.copy(windows)
+    laid_out.data_format = "channels_first"
     return arranged(
         x,
-        lambda x, d: _dim_maxima(
-            x, leading, d, 2, spatial, outputs, bounds, shared, batch
+        lambda x, d, axis: _dim_maxima(
+            x, laid_out, d, axis, spatial, outputs, bounds, shared, batch
         ),
         rank,
         windows.channels_last,
@@ -436,9 +437,14 @@ def _dim_maxima(x, windows, d, axis, spatial, outputs, bounds, shared, batch):
         x = ops.max_pool(
             x, tuple(sizes), 1, "valid", data_format=windows.data_format
         )
+    cell_sets = [
+        ops.minimum(starts + j * width, ends - width) for j in range(count)
+    ]
+    fast = backend.fast_path("rows_maximum", x) if count > 1 else None
+    if fast is not None:
+        return fast(x, cell_sets, axis, windows.channels_last)
     reduced = None
-    for j in range(count):
-        cells = ops.minimum(starts + j * width, ends - width)
+    for cells in cell_sets:
         chosen = _take_rows(x, cells, axis, shared, windows, batch)
         if reduced is None:
             reduced = chosen

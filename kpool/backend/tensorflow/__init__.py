@@ -43,7 +43,7 @@ def fast_path(name, window=None):
         return adaptive.adaptive_pool
     if name == "take_rows":
         return gather.take_rows
-    if name == "each_dim_leading":
+    if name == "each_dim_arranged":
         return gather.each_dim_leading
     # TensorFlow's 3D max pooling gives a tied maximum's gradient to every
     # maximal cell, and so to each copy of a repeated one.

@@ -60,9 +60,9 @@ def region_max(x, cells, sizes, data_format):
 
 
 def each_dim_leading(x, reduce_dim, rank, channels_last):
-    """`reduce_dim(x, d)` for each spatial dim `d`, the last first, each on
-    `x` transposed to `(batch, channels, dim d, the other spatial dims)`;
-    the result in `x`'s layout.
+    """`reduce_dim(x, d, 2)` for each spatial dim `d`, the last first, each
+    on `x` transposed to `(batch, channels, dim d, the other spatial
+    dims)`; the result in `x`'s layout.
 
     `take_rows` gathers one row per example and channel as a gather with
     the example and the channel as batch dims. Along the innermost axis
@@ -80,5 +80,5 @@ def each_dim_leading(x, reduce_dim, rank, channels_last):
         target = ["b", "c", d, *(e for e in spatial if e != d)]
         x = tf.transpose(x, [labels.index(label) for label in target])
         labels = target
-        x = reduce_dim(x, d)
+        x = reduce_dim(x, d, 2)
     return tf.transpose(x, [labels.index(label) for label in start])
