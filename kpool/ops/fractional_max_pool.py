@@ -8,6 +8,7 @@ from keras import ops
 
 from kpool import backend
 from kpool.ops.windows import (
+    Window,
     as_tensor,
     check_rank,
     float_compute_dtype,
@@ -231,7 +232,10 @@ def fractional_max_pool(
     overlap). Ties go to the first maximal cell in row-major order, as in
     torch. The spatial dims of `inputs` must be known.
 
-    Computed one spatial dim at a time, the last first: a max pooling of
+    Where every dim shrinks by a whole factor `k = n / m` (Graham's
+    disjoint regions), every region is `k` cells whatever is drawn, and it
+    is computed as max pooling with window and stride `k`. Otherwise it is
+    computed one spatial dim at a time, the last first: a max pooling of
     stride 1 whose window is the shortest region's length `w`, then a
     gather of the `ceil(longest / w)` windows that cover each region (one
     with torch's windows) and their maximum. With `return_indices`, and on
@@ -324,6 +328,14 @@ def fractional_max_pool(
             samples = ops.broadcast_to(samples, (batch, channels, rank))
             shared = False
         samples = ops.reshape(ops.cast(samples, "float32"), (-1, rank))
+    factors = _whole_factors(windows, spatial, outputs)
+    if factors is not None and not return_indices:
+        # Every region is the same `k` cells: the sequence is `a_i = k i`
+        # whatever is drawn (both increments are `k`), and the pooling is
+        # max pooling with window and stride `k`, computed as such.
+        x = ops.cast(inputs, float_compute_dtype(inputs.dtype))
+        window = Window(rank, factors, factors, "valid", windows.data_format)
+        return ops.cast(window.max_pool(x), inputs.dtype)
     rows = 1 if shared else batch * channels
     # Each dim's regions: int32 (rows, m) starts and ends (exclusive).
     bounds = []
@@ -367,6 +379,21 @@ def fractional_max_pool(
             )
         pooled = fast(pooled, cells, tuple(sizes), windows.data_format)
     return ops.cast(pooled, inputs.dtype)
+
+
+def _whole_factors(windows, spatial, outputs):
+    """`n / m` per spatial dim where it is a whole number in every dim and
+    Graham's regions do not overlap, else `None`. Then each region is `n /
+    m` cells: Graham's increments `floor(alpha)` and `ceil(alpha)` are
+    both `alpha`. (Computed in float32, the pseudo-random sequence's
+    `floor((i + u) * alpha)` can round `i + u` up to `i + 1` for `u` within
+    half a float32 step of 1, a region of `alpha + 1` cells and one of
+    `alpha - 1`; the exact sequence has none.)"""
+    if windows.pool_size is not None or windows.overlapping:
+        return None
+    if any(n % m for n, m in zip(spatial, outputs, strict=True)):
+        return None
+    return tuple(n // m for n, m in zip(spatial, outputs, strict=True))
 
 
 def region_cells(bounds, size):

@@ -510,3 +510,63 @@ def test_windows_fast_path_keeps_the_dtype_and_the_sequences(
         keras.ops.convert_to_numpy(keras.ops.cast(values, "float32")),
         keras.ops.convert_to_numpy(keras.ops.cast(expected, "float32")),
     )
+
+
+@pytest.mark.parametrize("data_format", DATA_FORMATS)
+@pytest.mark.parametrize("pseudo_random", [True, False])
+@pytest.mark.parametrize(
+    "spatial, outputs",
+    [((12, 10), (6, 5)), ((12, 9), (4, 3)), ((8, 6, 4), (4, 2, 2))],
+)
+def test_whole_factors_are_max_pooling(
+    rng, spatial, outputs, pseudo_random, data_format
+):
+    # Every dim shrinks by a whole factor k: Graham's increments are all
+    # k, so each region is k cells whatever is drawn, as max pooling with
+    # window and stride k has them; ties (few distinct values) give the
+    # gradient to the same cell.
+    rank = len(spatial)
+    x = rng.integers(0, 3, (2, 3, *spatial)).astype("float32")
+    x = from_channels_first(x, data_format)
+    factors = tuple(n // m for n, m in zip(spatial, outputs, strict=True))
+
+    class Pool(keras.layers.Layer):
+        def call(self, x):
+            return kpool.ops.fractional_max_pool(
+                x,
+                output_size=outputs,
+                pseudo_random=pseudo_random,
+                seed=keras.random.SeedGenerator(2),
+                data_format=data_format,
+            )
+
+    class MaxPool(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.max_pool(
+                x, factors, factors, "valid", data_format=data_format
+            )
+
+    shape = (2, *outputs, 3) if data_format == "channels_last" else None
+    shape = shape or (2, 3, *outputs)
+    upstream = rng.uniform(1, 2, shape).astype("float32")
+    values, gradient, _ = layer_gradients(Pool(), x, upstream)
+    expected, expected_gradient, _ = layer_gradients(MaxPool(), x, upstream)
+    np.testing.assert_array_equal(values, expected)
+    np.testing.assert_array_equal(gradient, expected_gradient)
+    # Graham's regions, one window at a time (NumPy), for drawn sequences;
+    # overlapping ones are k + 1 cells, all but the last.
+    samples = rng.uniform(size=(2, 3, rank)).astype("float32")
+    for overlapping in (False, True):
+        pooled = kpool.ops.fractional_max_pool(
+            x,
+            output_size=outputs,
+            samples=samples,
+            overlapping=overlapping,
+            data_format=data_format,
+        )
+        reference = numpy_fractional_max_pool(
+            to_channels_first(x, data_format), outputs, samples, overlapping
+        )
+        np.testing.assert_array_equal(
+            pooled, from_channels_first(reference, data_format)
+        )
