@@ -144,9 +144,15 @@ def test_graham_regions_match_numpy_reference(
     x = inputs(rng, rank, data_format)
     samples = rng.uniform(size=(2, 3, rank)).astype("float32")
     outputs = tuple(int(n * 0.7) for n in SPATIAL[rank])
+    assert_graham_regions(x, outputs, samples, overlapping, data_format)
+
+
+def assert_graham_regions(x, outputs, samples, overlapping, data_format):
+    """kpool's pooling of `x` to `outputs` equals Graham's regions pooled
+    one window at a time (NumPy) for the sequences' `samples`."""
     pooled = kpool.ops.fractional_max_pool(
         x,
-        output_ratio=0.7,
+        output_size=outputs,
         samples=samples,
         overlapping=overlapping,
         data_format=data_format,
@@ -560,16 +566,4 @@ def test_whole_factors_are_max_pooling(
     # overlapping ones are k + 1 cells, all but the last.
     samples = rng.uniform(size=(2, 3, rank)).astype("float32")
     for overlapping in (False, True):
-        pooled = kpool.ops.fractional_max_pool(
-            x,
-            output_size=outputs,
-            samples=samples,
-            overlapping=overlapping,
-            data_format=data_format,
-        )
-        reference = numpy_fractional_max_pool(
-            to_channels_first(x, data_format), outputs, samples, overlapping
-        )
-        np.testing.assert_array_equal(
-            pooled, from_channels_first(reference, data_format)
-        )
+        assert_graham_regions(x, outputs, samples, overlapping, data_format)
