@@ -196,34 +196,38 @@ def max_unpool(
     if fast is not None:
         return fast(window, inputs, indices, size)
     dtype = keras.backend.standardize_dtype(inputs.dtype)
-    if not window.channels_last:
-        channels_first = inputs
-        index_first = indices
-    else:
-        order = [0, window.num_spatial_dims + 1, *window.spatial_axes()]
-        channels_first = ops.transpose(inputs, order)
-        index_first = ops.transpose(indices, order)
-    shape = ops.shape(channels_first)
-    rows = shape[0] * shape[1]
-    values = ops.reshape(channels_first, (rows, -1))
-    index = ops.reshape(index_first, (rows, -1))
+    # Each value's cell in the flat output, in the layout of `inputs`, so
+    # that neither needs a transpose: `(b * channels + c) * cells + index`
+    # channels first, `(b * cells + index) * channels + c` channels last.
+    shape = ops.shape(inputs)
+    batch = shape[0]
+    channels = shape[window.channel_axis]
+    index = ops.cast(indices, "int32")
+    values = inputs
     if not checked:
         # Traced: an index out of range would land in another example's or
         # channel's cells, or be an error on some backends. It is dropped.
         inside = ops.logical_and(index >= 0, index < cells)
         values = ops.where(inside, values, ops.zeros_like(values))
         index = ops.where(inside, index, ops.zeros_like(index))
-    row_offsets = ops.reshape(ops.arange(rows, dtype="int32") * cells, (-1, 1))
-    segment_ids = ops.reshape(ops.cast(index, "int32") + row_offsets, (-1,))
-    values = ops.reshape(values, (-1,))
-    unpooled = ops.segment_sum(values, segment_ids, num_segments=rows * cells)
-    unpooled = ops.reshape(
-        ops.cast(unpooled, dtype), (shape[0], shape[1], *size)
+    n = window.num_spatial_dims
+    examples = ops.reshape(
+        ops.arange(batch, dtype="int32"), (-1,) + (1,) * (n + 1)
     )
+    channel = ops.arange(channels, dtype="int32")
     if window.channels_last:
-        n = window.num_spatial_dims
-        unpooled = ops.transpose(unpooled, [0, *range(2, n + 2), 1])
-    return unpooled
+        segment_ids = (examples * cells + index) * channels + channel
+        unpooled_shape = (batch, *size, channels)
+    else:
+        channel = ops.reshape(channel, (-1,) + (1,) * n)
+        segment_ids = (examples * channels + channel) * cells + index
+        unpooled_shape = (batch, channels, *size)
+    unpooled = ops.segment_sum(
+        ops.reshape(values, (-1,)),
+        ops.reshape(segment_ids, (-1,)),
+        num_segments=batch * channels * cells,
+    )
+    return ops.reshape(ops.cast(unpooled, dtype), unpooled_shape)
 
 
 def check_indices(indices, size):

@@ -1,11 +1,13 @@
 import itertools
 
+import keras
 import numpy as np
 import pytest
 import reference
 
 import kpool
 from kpool import layers
+from kpool.ops.windows import Window
 
 from .cases import WINDOW_CASES, random_input, window_args
 from .fast_paths import (
@@ -90,3 +92,36 @@ def test_max_pool_fast_path_matches_keras_ops_form(
     )
     expected = reference.pool(x, reference.min_pool, **args)
     np.testing.assert_allclose(outputs, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "case",
+    list(itertools.product([1, 2, 3], ["valid", "same"], [(2, 2), (3, 2)])),
+    ids=lambda case: "-".join(map(str, case)),
+)
+def test_max_pool_fast_path_ties_and_special_values(monkeypatch, rng, case):
+    """Where a window's maximum is tied, infinite or NaN, the fast path
+    gives the values and the gradient of `keras.ops.max_pool` (JAX: the
+    first maximal cell, and XLA's choice in a window holding NaN)."""
+    rank, padding, (pool, stride) = case
+    skip_without_fast_path("max_pool")
+    x = rng.integers(0, 3, (2, *(6,) * rank, 3)).astype("float32")
+    draw = rng.uniform(size=x.shape)
+    x[draw < 0.06] = np.nan
+    x[(draw >= 0.06) & (draw < 0.12)] = np.inf
+    x[(draw >= 0.12) & (draw < 0.18)] = -np.inf
+    args = window_args(rank, padding, "channels_last", pool, stride)
+
+    def pool_max(inputs):
+        window = Window.of(
+            inputs, pool, stride, padding, "channels_last", "max_pool"
+        )
+        return window.max_pool(inputs)
+
+    outputs = assert_same_outputs_and_gradients(monkeypatch, pool_max, x, rng)
+    assert np.isnan(outputs).any() and np.isinf(outputs).any()
+    finite = np.where(np.isfinite(x), x, 0.5)
+    np.testing.assert_array_equal(
+        np.asarray(pool_max(keras.ops.convert_to_tensor(finite))),
+        reference.pool(finite, reference.max_pool, **args),
+    )
