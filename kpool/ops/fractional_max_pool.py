@@ -461,9 +461,13 @@ def _dim_maxima(x, windows, d, axis, spatial, outputs, bounds, shared, batch):
     if width > 1:
         sizes = [1] * windows.num_spatial_dims
         sizes[d] = width
-        x = ops.max_pool(
-            x, tuple(sizes), 1, "valid", data_format=windows.data_format
-        )
+        x = Window(
+            windows.num_spatial_dims,
+            tuple(sizes),
+            1,
+            "valid",
+            windows.data_format,
+        ).max_pool(x)
     cell_sets = [
         ops.minimum(starts + j * width, ends - width) for j in range(count)
     ]
