@@ -21,6 +21,7 @@ MAX_SLICED_CELLS = 16
 def fast_path(name, window=None):
     forms = {
         "max_pool": max_pool,
+        "window_means": window_means,
         "disjoint_soft_pool": sliced_soft_pool,
         "stochastic_expectation": sliced_stochastic_expectation,
     }
@@ -120,6 +121,25 @@ def max_pool(window, x):
         return outputs, change
 
     return pool(x)
+
+
+def window_means(window, padded):
+    """`Window.window_means` as the sum of the window's strided slices:
+    XLA's CPU gradient of an average pooling whose windows overlap (3x3,
+    stride 2) took 10x as long, its forward 2x."""
+    import jax.numpy as jnp
+
+    from kpool.ops.windows import Window
+
+    valid = Window(
+        window.num_spatial_dims,
+        window.pool_size,
+        window.strides,
+        "valid",
+        window.data_format,
+    )
+    cells = window_slices(valid, padded, 0.0)
+    return functools.reduce(jnp.add, cells) / len(cells)
 
 
 def sliced_soft_pool(window, x):
