@@ -75,7 +75,9 @@ def max_pool(window, x):
     row-major order, a cell replaces the one kept so far unless the kept
     one is `>=` it. So a tie goes to the first maximal cell, and a window
     holding NaN (whose value is NaN) to the cell that the scan ends on,
-    as XLA's own gradient does. Forward only, nothing of this runs.
+    as XLA's own gradient does. A forward pass alone runs none of this.
+    (JAX's own forward-mode derivative disagrees with its gradient in a
+    window of NaN or of only -inf; this one is the gradient's.)
     """
     import jax
     import jax.numpy as jnp
