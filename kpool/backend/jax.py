@@ -33,17 +33,26 @@ def fast_path(name, window=None):
     return None
 
 
-def window_slices(window, x, pad_value):
+def window_slices(window, x, pad_value, padded=False):
     """Each window's cells of `x`, one strided slice per offset in the
     window: a list of `prod(pool_size)` arrays of the output's shape, in
     row-major order of the offsets. Under `"same"` the input is padded
-    with `pad_value` first."""
+    with `pad_value` first, unless `padded` says it already is (its
+    windows are then the valid ones)."""
     import jax.numpy as jnp
     from jax import lax
 
     spatial = window.spatial_shape(x.shape)
-    outs = window.output_spatial_shape(x.shape)
-    if window.padding == "same":
+    if padded:
+        outs = tuple(
+            (n - k) // s + 1
+            for n, k, s in zip(
+                spatial, window.pool_size, window.strides, strict=True
+            )
+        )
+    else:
+        outs = window.output_spatial_shape(x.shape)
+    if window.padding == "same" and not padded:
         pads = window.same_pads(spatial)
         x = jnp.pad(
             x, window.full_shape(pads, (0, 0)), constant_values=pad_value
@@ -140,30 +149,20 @@ def window_means(window, padded):
     import jax.numpy as jnp
     import keras
 
-    from kpool.ops.windows import Window
-
-    valid = Window(
-        window.num_spatial_dims,
-        window.pool_size,
-        window.strides,
-        "valid",
-        window.data_format,
-    )
-
     @jax.custom_jvp
     def means(x):
         return keras.ops.average_pool(
             x,
-            pool_size=valid.pool_size,
-            strides=valid.strides,
+            pool_size=window.pool_size,
+            strides=window.strides,
             padding="valid",
-            data_format=valid.data_format,
+            data_format=window.data_format,
         )
 
     @means.defjvp
     def tangent(primals, tangents):
         (x,), (dx,) = primals, tangents
-        changes = window_slices(valid, dx, 0.0)
+        changes = window_slices(window, dx, 0.0, padded=True)
         return means(x), functools.reduce(jnp.add, changes) / len(changes)
 
     return means(padded)
