@@ -74,25 +74,30 @@ def window_slices(window, x, pad_value, padded=False):
 
 
 def max_pool(window, x):
-    """`keras.ops.max_pool` with a gradient of elementwise ops.
+    """`keras.ops.max_pool` as the window's strided slices, value and
+    gradient.
 
-    XLA's CPU gradient of a max pooling (`select_and_scatter_add`) runs
-    3-10x slower than the strided slices of the window's cells, selected
-    elementwise and fused. The value is `lax.reduce_window`'s, as Keras
-    computes it; its derivative (a JVP, transposed for the reverse pass)
-    follows the cell that XLA's rule selects: scanning the window in
+    On XLA's CPU backend `lax.reduce_window` is the slow form both ways:
+    its gradient (`select_and_scatter_add`) ran 3-10x slower than the
+    slices selected elementwise, and its value (min pooling's) 1.1-4.2x
+    slower than their elementwise maximum, which also fuses with what
+    follows: mixed pooling reads the input once for its max, its mean and
+    its gate, forward 1.4-3.4x faster than with two `reduce_window`s.
+    The value is `reduce_window`'s: NaN where the window holds NaN, `-inf`
+    padding under `"same"`. Its derivative (a JVP, transposed for the reverse
+    pass) follows the cell that XLA's rule selects: scanning the window in
     row-major order, a cell replaces the one kept so far unless the kept
     one is `>=` it. So a tie goes to the first maximal cell, and a window
-    holding NaN (whose value is NaN) to the cell that the scan ends on,
-    as XLA's own gradient does. A forward pass alone runs none of this.
-    (JAX's own forward-mode derivative disagrees with its gradient in a
-    window of NaN or of only -inf; this one is the gradient's.)
+    holding NaN to the cell that the scan ends on, as XLA's own gradient
+    does. (JAX's own forward-mode derivative of `reduce_window` disagrees
+    with its gradient in a window of NaN or of only -inf; this one is the
+    gradient's.) Integer inputs keep `keras.ops.max_pool`.
     """
     import jax
     import jax.numpy as jnp
     import keras
 
-    def pooled(x):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
         return keras.ops.max_pool(
             x,
             pool_size=window.pool_size,
@@ -100,9 +105,6 @@ def max_pool(window, x):
             padding=window.padding,
             data_format=window.data_format,
         )
-
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        return pooled(x)
 
     def kept(cells):
         """The scan's value, and per later cell whether the kept one
@@ -119,7 +121,7 @@ def max_pool(window, x):
 
     @jax.custom_jvp
     def pool(x):
-        return pooled(x)
+        return kept(window_slices(window, x, -jnp.inf))[0]
 
     @pool.defjvp
     def tangent(primals, tangents):
@@ -135,37 +137,27 @@ def max_pool(window, x):
 
 
 def window_means(window, padded):
-    """`Window.window_means` with a derivative of strided slices.
+    """`Window.window_means` as the mean of the window's strided slices.
 
-    The value is `keras.ops.average_pool`'s (`lax.reduce_window`); its
-    derivative, linear, is the mean of the window's strided slices of the
-    tangent, which JAX transposes for the reverse pass: XLA's CPU gradient
-    of an average pooling whose windows overlap (3x3, stride 2) took 10x
-    as long. The value itself stays a `reduce_window`: as slices, XLA's
-    CPU fusion of it with a max pooling (mixed pooling) copied each slice
-    apart, 3x slower forward.
+    `keras.ops.average_pool` (`lax.reduce_window`) on XLA's CPU backend:
+    its gradient where windows overlap (3x3, stride 2) took 10x as long
+    as the slices', and its value fuses with nothing around it (see
+    `max_pool`: the slices of both fuse into one loop). Values differ
+    from it by rounding (the sum's order).
     """
-    import jax
     import jax.numpy as jnp
     import keras
 
-    @jax.custom_jvp
-    def means(x):
+    if not jnp.issubdtype(padded.dtype, jnp.floating):
         return keras.ops.average_pool(
-            x,
+            padded,
             pool_size=window.pool_size,
             strides=window.strides,
             padding="valid",
             data_format=window.data_format,
         )
-
-    @means.defjvp
-    def tangent(primals, tangents):
-        (x,), (dx,) = primals, tangents
-        changes = window_slices(window, dx, 0.0, padded=True)
-        return means(x), functools.reduce(jnp.add, changes) / len(changes)
-
-    return means(padded)
+    cells = window_slices(window, padded, 0.0, padded=True)
+    return functools.reduce(jnp.add, cells) / len(cells)
 
 
 def sliced_soft_pool(window, x):
