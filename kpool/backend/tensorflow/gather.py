@@ -41,22 +41,43 @@ def region_max(x, cells, sizes, data_format):
 
     `cells[d]`, int `(1, m * sizes[d])`, lists each region's cells along
     spatial dim `d`, `sizes[d]` per region (a shorter region repeats its
-    last cell). They are gathered side by side, one dim after another (a
-    gather of whole slices each), then one max pooling with window and
-    stride `sizes` takes their maximum. Outside XLA each TensorFlow op is a
-    pass over memory: this is three for 2D inputs, where comparing shifted
-    windows takes two gathers and four elementwise ops per dim. Max
-    pooling gives a tie to the first maximal cell in row-major order, and
-    the gathered cells keep the input's order (a repeated cell comes after
-    its first copy).
+    last cell). Every combination of them is gathered side by side in one
+    `tf.gather` of whole channel vectors from the input with its spatial
+    dims flattened, then one max pooling with window and stride `sizes`
+    takes their maximum. Outside XLA each TensorFlow op is a pass over
+    memory: gathering one dim after another wrote the input's rows grown
+    by the first dim's regions, then read them again (forward 1.2-1.3x and
+    training 1.3-1.6x slower than this, 2026-12-07). Channels first is
+    transposed to channels last and back, as Keras's own TensorFlow
+    pooling does: a gather of the innermost axis copies one element at a
+    time (3x slower here). Max pooling gives a tie to the first maximal
+    cell in row-major order, and the gathered cells keep the input's
+    order (a repeated cell comes after its first copy).
     """
     import keras
     import tensorflow as tf
 
-    first = 1 if data_format == "channels_last" else 2
-    for d, index in enumerate(cells):
-        x = tf.gather(x, index[0], axis=first + d)
-    return keras.ops.max_pool(x, sizes, sizes, "valid", data_format)
+    rank = len(sizes)
+    if data_format == "channels_first":
+        x = tf.transpose(x, [0, *range(2, rank + 2), 1])
+    static = x.shape
+    flat = tf.zeros((), cells[0].dtype)
+    for n, index in zip(static[1:-1], cells, strict=True):
+        flat = flat[..., None] * n + index[0]
+    lengths = [index.shape[-1] for index in cells]
+    shape = tf.shape(x)
+    x = tf.gather(
+        tf.reshape(x, tf.stack([shape[0], -1, shape[-1]])),
+        tf.reshape(flat, [-1]),
+        axis=1,
+    )
+    x = tf.reshape(x, tf.concat([shape[:1], lengths, shape[-1:]], 0))
+    # The reshape's shape is a tensor: the static shape is set here.
+    x.set_shape([static[0], *lengths, static[-1]])
+    x = keras.ops.max_pool(x, sizes, sizes, "valid", "channels_last")
+    if data_format == "channels_first":
+        x = tf.transpose(x, [0, rank + 1, *range(1, rank + 1)])
+    return x
 
 
 def each_dim_leading(x, reduce_dim, rank, channels_last):
