@@ -16,6 +16,11 @@ def stochastic_expectation(window, activations, rescale_above, safe):
 
     del rescale_above  # Overflow shows in the outputs.
     mean = window.window_means(window.zero_pad(activations))
-    mean_square = window.window_means(window.zero_pad(activations**2))
+    # A product, not `**2`: TensorFlow's `Pow` and its gradient are kernels
+    # of their own, slower than a multiply (fwd+bwd 1.13-1.26x the peer
+    # with `**2`, 1.07-1.09x with the product, 2026-12-07).
+    mean_square = window.window_means(
+        window.zero_pad(activations * activations)
+    )
     plain = mean_square / tf.where(mean > 0, mean, tf.ones_like(mean))
     return tf.cond(tf.reduce_all(tf.math.is_finite(plain)), lambda: plain, safe)
