@@ -649,9 +649,13 @@ def git_state():
             return ""
 
     commit = git("rev-parse", "HEAD")
+    # Whether the code timed differs from the commit: results and notes
+    # written beside a run (this CSV among them) do not count.
+    code = ("kpool", "kpool_cli", "experiments", "pyproject.toml")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", *code)
     return {
         "git_commit": commit,
-        "git_dirty": bool(git("status", "--porcelain")) if commit else "",
+        "git_dirty": bool(changed) if commit else "",
     }
 
 
