@@ -310,14 +310,17 @@ def disjoint_soft_pool(window, inputs):
     outs = window.output_spatial_shape(inputs.shape)
     x = _channels_first(inputs, window.data_format)
     if values_known():
-        # Checked eagerly: the per-window form below runs only where the
-        # shared shift is not exact.
-        pooled, weights = shared_peak_soft_pool(window, x)
-        exact = torch.logical_and(
-            weights.amin() >= SHARED_PEAK_FLOOR, pooled.isfinite().all()
-        )
-        if bool(exact):
-            return _as_data_format(pooled, window.data_format)
+        # Checked eagerly: first `e = exp(x)`, the unsafe form users write,
+        # exact for activations below about 85 and windows not all below
+        # about -69; then one shift per channel; the per-window form below
+        # runs only where neither is exact.
+        for shifted in (False, True):
+            pooled, weights = shared_peak_soft_pool(window, x, shifted)
+            exact = torch.logical_and(
+                weights.amin() >= SHARED_PEAK_FLOOR, pooled.isfinite().all()
+            )
+            if bool(exact):
+                return _as_data_format(pooled, window.data_format)
     # Each dim cropped or padded (with -inf, which weighs 0) to s * out.
     tiles = window.tile_pads(inputs.shape)
     for d, (keep, _, _) in enumerate(tiles):
@@ -362,21 +365,26 @@ def disjoint_soft_pool(window, inputs):
     return _as_data_format(pooled, window.data_format)
 
 
-def shared_peak_soft_pool(window, x):
+def shared_peak_soft_pool(window, x, shifted=True):
     """`(sum(x e) / sum(e), mean(e))` over each window of channels-first
     `x`, `e = exp(x - M)`, `M` the maximum of each example's channel: the
     paper's formula, every `e` at most 1, so nothing overflows, for one
     reduction and one subtraction more. It is inexact only for a window
     far below its channel's maximum (more than about 69 in float32), and
     not finite only for infinite or NaN inputs, both of which show in the
-    outputs and the weights. Autograd's gradient is the paper's."""
+    outputs and the weights. Not `shifted`, `e = exp(x)` (`M = 0`): the
+    unsafe form, which also overflows for activations above about 85.
+    Autograd's gradient is the paper's."""
     n = window.num_spatial_dims
-    with torch.no_grad():
-        peak = x.amax(dim=tuple(range(2, 2 + n)), keepdim=True)
-    exponentials = x - peak
-    exponentials = (
-        exponentials.exp() if x.requires_grad else exponentials.exp_()
-    )
+    if shifted:
+        with torch.no_grad():
+            peak = x.amax(dim=tuple(range(2, 2 + n)), keepdim=True)
+        exponentials = x - peak
+        exponentials = (
+            exponentials.exp() if x.requires_grad else exponentials.exp_()
+        )
+    else:
+        exponentials = x.exp()
     weighted = x * exponentials
     if window.padding == "same":
         # Zeros weigh nothing in either sum.

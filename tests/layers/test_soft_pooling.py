@@ -254,18 +254,25 @@ SOFT_PATH_CASES = [
 ]
 
 
+@pytest.mark.parametrize("offset", [0.0, 100.0])
 @pytest.mark.parametrize("case", SOFT_PATH_CASES)
-def test_fast_path_matches_keras_ops_form(monkeypatch, rng, case):
+def test_fast_path_matches_keras_ops_form(monkeypatch, rng, case, offset):
+    # An offset of 100 overflows the unshifted form: TensorFlow and torch
+    # then shift by each channel's maximum, where the `keras.ops` form
+    # shifts by each window's. The gradient's `1 + x - y` then differs
+    # by a few of float32's steps at 100 (7.6e-6 each).
     rank, padding, data_format, pool, stride = case
     window = Window(rank, pool, stride, padding, data_format)
     skip_without_fast_path("disjoint_soft_pool", window)
-    x = 2 * sample(rng, rank, data_format, SPATIAL[rank])
+    x = 2 * sample(rng, rank, data_format, SPATIAL[rank]) + offset
+    x = x.astype("float32")
     assert_same_outputs_and_gradients(
         monkeypatch,
         lambda x: ops.soft_pool(x, pool, stride, padding, data_format),
         x,
         rng,
         rtol=1e-5,
+        atol=1e-4 if offset else 1e-6,
     )
 
 
@@ -359,4 +366,64 @@ def test_shared_shift_is_taken_for_ordinary_inputs_and_left_for_far_ones(
     outputs = ops.soft_pool(far, pool, stride, padding, data_format)
     np.testing.assert_allclose(
         numeric(outputs), soft_pool(far, *args), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "padding, pool, stride", [("valid", 2, 2), ("same", 2, 3)]
+)
+def test_unshifted_form_is_taken_for_ordinary_inputs_and_left_for_large_ones(
+    monkeypatch, rng, padding, pool, stride
+):
+    # TensorFlow and torch first pool with `e = exp(x)`, unshifted, as the
+    # unsafe formula does: it must be exact for activations of an ordinary
+    # range (the form most inputs take) and not for activations above
+    # about 85, where `x e` overflows; those take the shared shift, exact
+    # for them, and the op's outputs stay the paper's.
+    name = keras.backend.backend()
+    modules = {
+        "tensorflow": "kpool.backend.tensorflow.soft_pool",
+        "torch": "kpool.backend.torch",
+    }
+    if name not in modules:
+        pytest.skip(f"{name} has no unshifted SoftPool form")
+    module = importlib.import_module(modules[name])
+    data_format = "channels_last" if name == "tensorflow" else "channels_first"
+    window = Window(2, pool, stride, padding, data_format)
+    args = ((pool,) * 2, (stride,) * 2, padding, data_format)
+    x = 3 * sample(rng, 2, data_format, (7, 6))
+    pooled, weights = module.shared_peak_soft_pool(
+        window, keras.ops.convert_to_tensor(x), shifted=False
+    )
+    assert np.min(numeric(weights)) >= SHARED_PEAK_FLOOR
+    np.testing.assert_allclose(
+        numeric(pooled), soft_pool(x, *args), rtol=1e-5, atol=1e-6
+    )
+    # Eagerly, each branch of the choice runs only when taken.
+    forms = []
+    original = module.shared_peak_soft_pool
+
+    def recorded(window, x, shifted=True):
+        forms.append(shifted)
+        return original(window, x, shifted)
+
+    monkeypatch.setattr(module, "shared_peak_soft_pool", recorded)
+    ops.soft_pool(x, pool, stride, padding, data_format)
+    assert forms == [False]
+    large = (x + 100).astype("float32")
+    forms.clear()
+    ops.soft_pool(large, pool, stride, padding, data_format)
+    assert forms == [False, True]
+    monkeypatch.setattr(module, "shared_peak_soft_pool", original)
+    pooled, _ = module.shared_peak_soft_pool(
+        window, keras.ops.convert_to_tensor(large), shifted=False
+    )
+    assert not np.all(np.isfinite(numeric(pooled)))
+    pooled, weights = module.shared_peak_soft_pool(
+        window, keras.ops.convert_to_tensor(large)
+    )
+    assert np.min(numeric(weights)) >= SHARED_PEAK_FLOOR
+    outputs = ops.soft_pool(large, pool, stride, padding, data_format)
+    np.testing.assert_allclose(
+        numeric(outputs), soft_pool(large, *args), rtol=1e-5
     )

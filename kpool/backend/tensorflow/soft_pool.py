@@ -4,36 +4,59 @@ from kpool.backend import SHARED_PEAK_FLOOR
 def disjoint_soft_pool(window, x):
     """SoftPool of windows that do not overlap (`strides >= pool_size`), in
     one or two spatial dims, channels last: the paper's `sum(x e) /
-    sum(e)` with one shift per example and channel, `e = exp(x - M)`, `M`
-    the channel's maximum, wherever that is exact; else (`tf.cond`) with
-    each window's own maximum, `_peaked_soft_pool`.
+    sum(e)` by the first of three forms that is exact (`tf.cond`, which
+    runs only the branch taken; TFLite and ONNX take it as an `If`).
 
-    The shared shift costs one reduction and one subtraction over the
-    paper's unsafe form: every `e` is at most 1, so nothing overflows; it
-    is inexact only where a whole window lies far below its channel's
-    maximum (more than about 69 in float32), and not finite only for
-    infinite or NaN inputs. Both show in the outputs and their weights,
-    a fraction of the input's size, and then the per-window form runs.
-    TFLite and ONNX take the choice as an `If`.
+    1. `e = exp(x)`, the paper's own form and the one users write: exact
+       unless an activation is above about 85 (`x e` overflows) or a whole
+       window lies below about -69 (its `e` underflow). It costs what the
+       unsafe form costs, and ordinary activations take it.
+    2. `e = exp(x - M)`, `M` the maximum of each example's channel: every
+       `e` at most 1, so nothing overflows; inexact only where a whole
+       window lies far below its channel's maximum (more than about 69).
+       One reduction and one subtraction more: forward 1.5-1.7x the unsafe
+       form, where the first form is 1.0-1.1x (2026-12-07).
+    3. `_peaked_soft_pool`, each window shifted by its own maximum.
+
+    Failure shows in the outputs and their weights, a fraction of the
+    input's size: a weight below `SHARED_PEAK_FLOOR`, or an output that is
+    not finite (NaN or inf inputs go to the last form, which keeps them).
     """
     import tensorflow as tf
 
-    shared, weights = shared_peak_soft_pool(window, x)
-    exact = tf.logical_and(
-        tf.reduce_all(tf.math.is_finite(shared)),
+    plain, weights = shared_peak_soft_pool(window, x, shifted=False)
+    # Its outputs are below about 89 in size wherever its weights pass,
+    # so their sum is finite exactly where every one is: one reduction.
+    plain_exact = tf.logical_and(
+        tf.math.is_finite(tf.reduce_sum(plain)),
         tf.reduce_min(weights) >= SHARED_PEAK_FLOOR,
     )
-    return tf.cond(exact, lambda: shared, lambda: _peaked_soft_pool(window, x))
+
+    def shifted():
+        shared, weights = shared_peak_soft_pool(window, x)
+        exact = tf.logical_and(
+            tf.reduce_all(tf.math.is_finite(shared)),
+            tf.reduce_min(weights) >= SHARED_PEAK_FLOOR,
+        )
+        return tf.cond(
+            exact, lambda: shared, lambda: _peaked_soft_pool(window, x)
+        )
+
+    return tf.cond(plain_exact, lambda: plain, shifted)
 
 
-def shared_peak_soft_pool(window, x):
+def shared_peak_soft_pool(window, x, shifted=True):
     """`(sum(x e) / sum(e), mean(e))` over each window, `e = exp(x - M)`
-    with `M` the maximum of each example's channel."""
+    with `M` the maximum of each example's channel, or `e = exp(x)` when
+    not `shifted`."""
     import tensorflow as tf
 
-    spatial = window.spatial_axes()
-    peak = tf.stop_gradient(tf.reduce_max(x, axis=spatial, keepdims=True))
-    exponentials = tf.exp(x - peak)
+    if shifted:
+        spatial = window.spatial_axes()
+        peak = tf.stop_gradient(tf.reduce_max(x, axis=spatial, keepdims=True))
+        exponentials = tf.exp(x - peak)
+    else:
+        exponentials = tf.exp(x)
     weighted = x * exponentials
     if window.padding == "same":
         # Zeros weigh nothing in either sum.
