@@ -85,9 +85,11 @@ def new_operators_model():
         x
     )
     pyramid = layers.SpatialPyramidPooling2D(bins=(1, 2))(x)
+    # Disjoint windows: on TensorFlow a choice of forms (nested `If`s).
+    soft = keras.layers.Flatten()(layers.SoftPooling2D(2)(x))
     values, indices = layers.MaxPoolingWithArgmax2D(2)(x)
     x = layers.MaxUnpooling2D(2)(values, indices)
-    heads = [layers.GlobalGeMPooling2D()(x), pyramid]
+    heads = [layers.GlobalGeMPooling2D()(x), pyramid, soft]
     outputs = keras.layers.Dense(5)(keras.layers.Concatenate()(heads))
     return keras.Model(inputs, outputs)
 
