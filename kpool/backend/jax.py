@@ -207,7 +207,8 @@ def sliced_soft_pool(window, x):
 def sliced_stochastic_expectation(window, activations, rescale_above, safe):
     """`sum a**2 / sum a` over each window of `activations` (`a >= 0`),
     over strided slices, each window scaled by its own maximum `m`:
-    `m * sum r**2 / sum r` with `r = a / m` in [0, 1], so no square
+    `m * sum r**2 / sum r` with `r = a / m` in [0, 1] (large `m`: `2**-8
+    m`, `r` up to 2**8), so no square
     overflows and no pass over the whole input finds a channel's maximum
     first (the `keras.ops` form's rescaling, `safe`, is not needed). A
     window of zeros gives 0, one holding `+inf` gives `+inf`, NaN
@@ -230,14 +231,18 @@ def sliced_stochastic_expectation(window, activations, rescale_above, safe):
         # formula with a division per cell, 0.3-0.7x with this). A
         # subnormal maximum would have an infinite reciprocal: such a
         # window is not scaled, and its squares underflow to the 0 the
-        # `keras.ops` form gives it.
+        # `keras.ops` form gives it. A maximum above 2**126 would have a
+        # subnormal one, which XLA flushes to 0: large maxima scale by
+        # 2**-8 of themselves (ratios up to 2**8, squares 2**16).
         scale = jnp.where(peak >= jnp.finfo(x.dtype).tiny, peak, 1.0)
+        scale = jnp.where(peak > 2.0**64, scale * 2.0**-8, scale)
         inverse = 1.0 / scale
         ratios = [cell * inverse for cell in cells]
         total = functools.reduce(jnp.add, ratios)
         squares = functools.reduce(jnp.add, [r * r for r in ratios])
         safe_total = jnp.where(total > 0, total, 1.0)
-        outputs = scale * squares / safe_total
+        # The ratio first: `scale * squares` can overflow.
+        outputs = scale * (squares / safe_total)
         outputs = jnp.where(peak == jnp.inf, jnp.inf, outputs)
         return outputs, (ratios, inverse, safe_total)
 

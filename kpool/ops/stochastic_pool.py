@@ -77,10 +77,29 @@ def stochastic_pool(
     compute_dtype = dtype if dtype in ("float32", "float64") else "float32"
     activations = ops.relu(ops.cast(inputs, compute_dtype))
     if training:
-        outputs = sample(window, activations, _scale(window, activations), seed)
+        outputs = _sample(window, activations, seed)
     else:
         outputs = _expectation(window, activations)
     return ops.cast(outputs, dtype)
+
+
+def _sample(window, activations, seed):
+    """`sample`, by the backend's form where it has one: each is handed
+    the form without rescaling and the `keras.ops` form (rescaled where
+    activations are large), and runs the first only where no activation
+    is above `_RESCALE_ABOVE` (then every scale is 1, and the two sample
+    alike)."""
+
+    def plain():
+        return sample(window, activations, None, seed)
+
+    def rescaled():
+        return sample(window, activations, _scale(window, activations), seed)
+
+    fast = backend.fast_path("stochastic_sample", activations, window)
+    if fast is None:
+        return rescaled()
+    return fast(activations, _RESCALE_ABOVE, plain, rescaled)
 
 
 def _expectation(window, activations):
@@ -97,13 +116,19 @@ def _expectation(window, activations):
 
 
 def _scale(window, activations):
-    """1, or an example's channel's largest finite activation where that
-    is large (NaN and inf elsewhere in the channel do not count)."""
+    """1, or an example's channel's largest finite activation over 2**8
+    where that activation is large (NaN and inf elsewhere in the channel
+    do not count). Over 2**8 (exact) so that the scale's reciprocal stays
+    normal: XLA's CPU code divides by multiplying with it, and flushes a
+    subnormal one (below 2**-126) to 0. Scaled, activations are at most
+    2**8, their squares 2**16."""
     finite = ops.where(
         ops.isfinite(activations), activations, ops.zeros_like(activations)
     )
     largest = ops.max(finite, axis=window.spatial_axes(), keepdims=True)
-    scale = ops.where(largest > _RESCALE_ABOVE, largest, ops.ones_like(largest))
+    scale = ops.where(
+        largest > _RESCALE_ABOVE, largest * 2.0**-8, ops.ones_like(largest)
+    )
     # The expectation is `E(a / s) * s = E(a)` for any `s` (it is
     # homogeneous of degree 1), so no gradient flows through the scale:
     # without this, autograd runs the maximum's backward pass for a sum
@@ -127,15 +152,21 @@ def expectation(window, activations, scale):
 
 
 def sample(window, activations, scale, seed):
-    """One sampled element of each window of `activations` (`a >= 0`)."""
+    """One sampled element of each window of `activations` (`a >= 0`),
+    drawn by `activations / scale` (`scale` `None`: unscaled)."""
     uniform = draw_uniform(window, activations, seed)
     windows = window.windows(window.zero_pad(activations))
-    chosen = sampled(window, windows / _window_scale(window, scale), uniform)
+    weights = windows
+    if scale is not None:
+        weights = windows / _window_scale(window, scale)
+    chosen = sampled(window, weights, uniform)
     outputs = ops.sum(
         ops.where(chosen, windows, ops.zeros_like(windows)),
         axis=window.window_axis,
     )
-    total = ops.sum(windows, axis=window.window_axis)
+    # Summed as sampled (rescaled): finite activations whose sum
+    # overflows still give a sample.
+    total = ops.sum(weights, axis=window.window_axis)
     # A window holding NaN or +inf samples nothing by the running sums;
     # it gives NaN or +inf, as the expectation does.
     special = ops.logical_not(ops.isfinite(total))

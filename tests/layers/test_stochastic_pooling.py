@@ -51,6 +51,54 @@ def test_inference_matches_reference(
     np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_training_samples_where_a_windows_sum_overflows():
+    # Finite activations whose window sums overflow float32: each window
+    # still gives one of its cells (the sums are taken rescaled), where
+    # NaN and inf give NaN and inf.
+    x = np.array([2.5e38, 2.0e38, 3.0e38, 1.0, np.inf, 1.0, np.nan, 1.0])
+    x = x.astype("float32").reshape(1, 8, 1)
+    for seed in range(5):
+        outputs = np.asarray(
+            ops.stochastic_pool(x, 2, training=True, seed=seed)
+        )
+        outputs = outputs.ravel()
+        assert outputs[0] in (np.float32(2.5e38), np.float32(2.0e38))
+        assert outputs[1] in (np.float32(3.0e38), np.float32(1.0))
+        assert outputs[2] == np.inf
+        assert np.isnan(outputs[3])
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0**126])
+@pytest.mark.parametrize(
+    "rank, padding, data_format, pool, stride", WINDOW_CASES
+)
+def test_training_fast_path_matches_keras_ops_form(
+    monkeypatch, rng, rank, padding, data_format, pool, stride, scale
+):
+    # TensorFlow samples without the rescaling where no activation is
+    # above 2**30 (every scale 1 then), and rescales where one is: the
+    # same seed must sample the same cells, with the same gradients, as
+    # the `keras.ops` form. Activations of 1.5 to 3 times 2**126 take the
+    # rescaling: unscaled, their window sums would overflow to inf.
+    skip_without_fast_path("stochastic_sample")
+    args = window_args(rank, padding, data_format, pool, stride)
+    x = random_input(rng, rank, data_format)
+    if scale > 1:
+        x = rng.uniform(1.5, 3, x.shape) * scale
+    x = x.astype("float32")
+    outputs = assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: ops.stochastic_pool(x, **args, training=True, seed=7),
+        x,
+        rng,
+        rtol=1e-6,
+        atol=0,
+    )
+    # A sample is one of the window's cells: a draw of zeros everywhere
+    # would match too.
+    assert np.count_nonzero(np.asarray(outputs)) > 0
+
+
 @pytest.mark.parametrize(
     "rank, padding, data_format, pool, stride", WINDOW_CASES
 )
@@ -261,11 +309,13 @@ def test_inference_gradient_is_that_of_the_expectation(rng):
     np.testing.assert_allclose(input_gradient[0, :, 0], expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("size", [1.0, 2.0**40, 1e30])
+@pytest.mark.parametrize("size", [1.0, 2.0**40, 1e30, 1e38])
 def test_inference_gradient_of_huge_activations_is_the_expectations(size):
     # Above 2**30 the activations are rescaled by their channel's largest;
     # the gradient is still (2 a_k - E) / sum a_i, which depends on the
-    # ratios of the activations only (1e30**2 overflows float32).
+    # ratios of the activations only (1e30**2 overflows float32). Near
+    # float32's largest (1e38) a reciprocal of the activations would be
+    # subnormal, which XLA's CPU code flushes to 0.
     args = window_args(1, "valid", "channels_last", 3, 3)
     a = np.array([0.5, 1.25, 0.75])
     x = (size * a).reshape(1, 3, 1).astype("float32")
@@ -274,6 +324,11 @@ def test_inference_gradient_of_huge_activations_is_the_expectations(size):
     )
     expected = (2 * a - (a**2).sum() / a.sum()) / a.sum()
     np.testing.assert_allclose(input_gradient[0, :, 0], expected, rtol=1e-5)
+    outputs = layers.StochasticPooling1D(**args)(x)
+    expectation = size * (a**2).sum() / a.sum()
+    np.testing.assert_allclose(
+        np.asarray(outputs).ravel(), [expectation], rtol=1e-5
+    )
 
 
 def test_same_seed_same_samples_and_different_seed_different_samples(rng):

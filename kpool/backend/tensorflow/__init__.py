@@ -53,6 +53,8 @@ def fast_path(name, window=None):
         return roots.positive_root
     if name == "stochastic_expectation":
         return stochastic.stochastic_expectation
+    if name == "stochastic_sample":
+        return stochastic.stochastic_sample
     # TensorFlow's CPU poolings take channels last only.
     if (
         name == "disjoint_soft_pool"
