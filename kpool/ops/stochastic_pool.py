@@ -41,9 +41,9 @@ def stochastic_pool(
     Special values: NaN in a window gives NaN and `+inf` gives `+inf`, in
     both phases, as in `keras.ops.average_pool`. Large finite activations
     do not overflow: where an example's channel holds values above 2**30,
-    the sums are computed on `a / max(a)` over that channel (whose squares
-    then lose precision only below `2**-63` of that maximum). float16 and
-    bfloat16 inputs are computed in float32 and cast back.
+    the sums are computed on `256 a / max(a)` over that channel (whose
+    squares then lose precision only below `2**-71` of that maximum).
+    float16 and bfloat16 inputs are computed in float32 and cast back.
 
     Reference: Zeiler and Fergus, "Stochastic Pooling for Regularization of
     Deep Convolutional Neural Networks", ICLR 2013.
