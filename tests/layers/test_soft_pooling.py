@@ -290,18 +290,33 @@ def test_every_path_matches_the_papers_formula(rng, case):
     )
 
 
+# The backends whose disjoint SoftPool chooses among the unshifted, the
+# shared-shift and the per-window forms, and their modules.
+FORM_CHOICE_MODULES = {
+    "tensorflow": "kpool.backend.tensorflow.soft_pool",
+    "torch": "kpool.backend.torch",
+}
+
+
+def form_choice_module():
+    """`(module, data_format)` of this backend's choice of SoftPool forms
+    (TensorFlow's CPU poolings take channels last; torch's, first), or a
+    skip where it has none."""
+    name = keras.backend.backend()
+    if name not in FORM_CHOICE_MODULES:
+        pytest.skip(f"{name} pools SoftPool in one form")
+    module = importlib.import_module(FORM_CHOICE_MODULES[name])
+    return module, "channels_last" if name == "tensorflow" else "channels_first"
+
+
 @pytest.mark.parametrize("case", SOFT_PATH_CASES)
 def test_per_window_form_matches_the_papers_formula(monkeypatch, rng, case):
     # TensorFlow and torch take the per-window form only where the shared
     # shift is not exact; a floor above every weight sends every input
     # there, at sizes the windows tile, crop and pad.
-    modules = {
-        "tensorflow": "kpool.backend.tensorflow.soft_pool",
-        "torch": "kpool.backend.torch",
-    }
     name = keras.backend.backend()
-    if name in modules:
-        module = importlib.import_module(modules[name])
+    if name in FORM_CHOICE_MODULES:
+        module = importlib.import_module(FORM_CHOICE_MODULES[name])
         monkeypatch.setattr(module, "SHARED_PEAK_FLOOR", 2.0)
     rank, padding, data_format, pool, stride = case
     args = case_args(rank, padding, data_format, pool, stride)
@@ -337,16 +352,7 @@ def test_shared_shift_is_taken_for_ordinary_inputs_and_left_for_far_ones(
     # tests of the fast path would only see the per-window form) and not
     # for a window 200 below its channel's maximum, which the op then
     # pools with its own maximum.
-    name = keras.backend.backend()
-    modules = {
-        "tensorflow": "kpool.backend.tensorflow.soft_pool",
-        "torch": "kpool.backend.torch",
-    }
-    if name not in modules:
-        pytest.skip(f"{name} has no shared-shift SoftPool")
-    module = importlib.import_module(modules[name])
-    # TensorFlow's CPU poolings take channels last; torch's, first.
-    data_format = "channels_last" if name == "tensorflow" else "channels_first"
+    module, data_format = form_choice_module()
     window = Window(2, pool, stride, padding, data_format)
     args = ((pool,) * 2, (stride,) * 2, padding, data_format)
     x = 3 * sample(rng, 2, data_format, (7, 6))
@@ -380,15 +386,7 @@ def test_unshifted_form_is_taken_for_ordinary_inputs_and_left_for_large_ones(
     # range (the form most inputs take) and not for activations above
     # about 85, where `x e` overflows; those take the shared shift, exact
     # for them, and the op's outputs stay the paper's.
-    name = keras.backend.backend()
-    modules = {
-        "tensorflow": "kpool.backend.tensorflow.soft_pool",
-        "torch": "kpool.backend.torch",
-    }
-    if name not in modules:
-        pytest.skip(f"{name} has no unshifted SoftPool form")
-    module = importlib.import_module(modules[name])
-    data_format = "channels_last" if name == "tensorflow" else "channels_first"
+    module, data_format = form_choice_module()
     window = Window(2, pool, stride, padding, data_format)
     args = ((pool,) * 2, (stride,) * 2, padding, data_format)
     x = 3 * sample(rng, 2, data_format, (7, 6))

@@ -339,9 +339,13 @@ def test_same_seed_same_samples_and_different_seed_different_samples(rng):
     )
 
 
-def test_seeded_generator_advances_inside_jit_compiled_training(rng):
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_seeded_generator_advances_inside_jit_compiled_training(
+    rng, jit_compile
+):
     # With a zero learning rate the weights never move, so the loss changes
     # from step to step only if the compiled step draws new samples.
+    # Without XLA, TensorFlow draws inside a `tf.cond` branch.
     model = keras.Sequential(
         [
             keras.Input((5, 5, 3)),
@@ -350,7 +354,7 @@ def test_seeded_generator_advances_inside_jit_compiled_training(rng):
             keras.layers.Dense(1),
         ]
     )
-    model.compile(keras.optimizers.SGD(0.0), "mse", jit_compile=True)
+    model.compile(keras.optimizers.SGD(0.0), "mse", jit_compile=jit_compile)
     x = rng.uniform(0.5, 1.5, (8, 5, 5, 3)).astype("float32")
     y = np.zeros((8, 1), "float32")
     losses = [model.train_on_batch(x, y) for _ in range(3)]
