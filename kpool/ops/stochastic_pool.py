@@ -85,10 +85,10 @@ def stochastic_pool(
 
 def _sample(window, activations, seed):
     """`sample`, by the backend's form where it has one: each is handed
-    the form without rescaling and the `keras.ops` form (rescaled where
-    activations are large), and runs the first only where no activation
-    is above `_RESCALE_ABOVE` (then every scale is 1, and the two sample
-    alike)."""
+    the form without rescaling, the `keras.ops` form (rescaled where
+    activations are large) and the draws of both, and samples without
+    rescaling only where no activation is above `_RESCALE_ABOVE` (then
+    every scale is 1, and the two sample alike)."""
 
     def plain():
         return sample(window, activations, None, seed)
@@ -99,7 +99,14 @@ def _sample(window, activations, seed):
     fast = backend.fast_path("stochastic_sample", activations, window)
     if fast is None:
         return rescaled()
-    return fast(activations, _RESCALE_ABOVE, plain, rescaled)
+    return fast(
+        window,
+        activations,
+        lambda: draw_uniform(window, activations, seed),
+        _RESCALE_ABOVE,
+        plain,
+        rescaled,
+    )
 
 
 def _expectation(window, activations):
