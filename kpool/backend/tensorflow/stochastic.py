@@ -49,7 +49,8 @@ def stochastic_sample(
     2**30, whose window sums are finite."""
     import tensorflow as tf
 
-    if window.strides == window.pool_size:
+    spatial = window.spatial_shape(activations.shape)
+    if window.strides == window.pool_size and None not in spatial:
 
         def plain():
             return tiled_sample(window, activations, draw())
