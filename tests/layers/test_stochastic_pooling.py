@@ -99,6 +99,42 @@ def test_training_fast_path_matches_keras_ops_form(
     assert np.count_nonzero(np.asarray(outputs)) > 0
 
 
+def test_tensorflow_samples_tiling_windows_from_their_cells(monkeypatch, rng):
+    # Eagerly, `tf.cond` runs only the branch taken: windows that tile the
+    # input (strides == pool_size) sample by the cells' form unless an
+    # activation is above 2**30; overlapping windows, by the keras.ops
+    # form. Each sample is one of its window's cells either way.
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the cells' form is TensorFlow's")
+    import importlib
+
+    module = importlib.import_module("kpool.backend.tensorflow.stochastic")
+    calls = []
+    original = module.tiled_sample
+
+    def recorded(window, activations, uniform):
+        calls.append(window.pool_size)
+        return original(window, activations, uniform)
+
+    monkeypatch.setattr(module, "tiled_sample", recorded)
+    x = np.abs(random_input(rng, 2, "channels_last")).astype("float32")
+    for pool, stride, scale, taken in (
+        (2, 2, 1.0, [(2, 2)]),
+        (3, 3, 1.0, [(3, 3)]),
+        (3, 2, 1.0, []),
+        (2, 2, 2.0**40, []),
+    ):
+        calls.clear()
+        outputs = ops.stochastic_pool(
+            x * scale, pool, stride, "same", training=True, seed=1
+        )
+        assert calls == taken
+        args = window_args(2, "same", "channels_last", pool, stride)
+        elements = reference.windows(x * scale, **args)
+        outputs = keras.ops.convert_to_numpy(outputs)
+        assert np.all((elements == outputs[..., None, :]).any(axis=-2))
+
+
 @pytest.mark.parametrize(
     "rank, padding, data_format, pool, stride", WINDOW_CASES
 )
