@@ -199,6 +199,19 @@ def stochastic_expectation(window, activations, rescale_above, safe):
     return _as_data_format(outputs, window.data_format)
 
 
+def stochastic_sample(activations, rescale_above, plain, rescaled):
+    """`plain()`, the sampling without rescaling, where no activation
+    exceeds `rescale_above` or is NaN or inf, else `rescaled()` (the
+    `keras.ops` form). Eagerly one reduction tells which: the rescaling
+    is four passes over the input (the finite test, the selection, the
+    maximum, the division), forward and backward, for scales that are 1
+    unless an activation is above 2**30. A traced graph keeps the
+    `keras.ops` form."""
+    if not values_known() or not bool(activations.max() <= rescale_above):
+        return rescaled()
+    return plain()
+
+
 def blur(blur, inputs, weights):
     """A `Blur` of float `inputs` as one depthwise convolution with the
     outer product of `weights` over the spatial dims, after padding them
@@ -650,6 +663,7 @@ _FAST_PATHS = {
     "power_mean": power_mean,
     "rows_maximum": rows_maximum,
     "stochastic_expectation": stochastic_expectation,
+    "stochastic_sample": stochastic_sample,
     "take_rows": take_rows,
     "value_range": value_range,
     "window_means": window_means,

@@ -99,16 +99,16 @@ def test_training_fast_path_matches_keras_ops_form(
     assert np.count_nonzero(np.asarray(outputs)) > 0
 
 
-def test_tensorflow_samples_tiling_windows_from_their_cells(monkeypatch, rng):
-    # Eagerly, `tf.cond` runs only the branch taken: windows that tile the
-    # input (strides == pool_size) sample by the cells' form unless an
-    # activation is above 2**30; overlapping windows, by the keras.ops
+def test_tiling_windows_sample_from_their_cells(monkeypatch, rng):
+    # Eagerly (TensorFlow's `tf.cond` runs only the branch taken; torch
+    # reads the maximum), windows that tile the input (strides ==
+    # pool_size) sample by their cells' form unless an activation is above
+    # 2**30; overlapping windows and large activations, by the keras.ops
     # form. Each sample is one of its window's cells either way.
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("the cells' form is TensorFlow's")
+    skip_without_fast_path("stochastic_sample")
     import importlib
 
-    module = importlib.import_module("kpool.backend.tensorflow.stochastic")
+    module = importlib.import_module("kpool.ops.stochastic_pool")
     calls = []
     original = module.tiled_sample
 
