@@ -1,5 +1,3 @@
-import math
-
 import keras
 from keras import ops
 
@@ -90,14 +88,11 @@ def _sample(window, activations, seed):
     the form without rescaling and the `keras.ops` form (rescaled where
     activations are large), and runs the first only where no activation
     is above `_RESCALE_ABOVE` (then every scale is 1, and the two sample
-    alike). Without rescaling, windows that tile the input sample by
-    `tiled_sample`."""
+    alike). Without rescaling, by `cells_sample`."""
 
     def plain():
-        if window.strides != window.pool_size:
-            return sample(window, activations, None, seed)
         uniform = draw_uniform(window, activations, seed)
-        return tiled_sample(window, activations, uniform)
+        return cells_sample(window, activations, uniform)
 
     def rescaled():
         return sample(window, activations, _scale(window, activations), seed)
@@ -184,51 +179,26 @@ def sample(window, activations, scale, seed):
     return ops.where(special, total, outputs)
 
 
-def tiled_sample(window, activations, uniform):
-    """`sample` without rescaling, for windows that tile the input
-    (`strides == pool_size`), from activations whose window sums are
+def cells_sample(window, activations, uniform):
+    """`sample` without rescaling, from activations whose window sums are
     finite (no activation above `_RESCALE_ABOVE`, none NaN or inf), with
-    `uniform` as `draw_uniform` shapes it: the same samples and gradients.
+    `uniform` as `draw_uniform` shapes it: the same samples, and the same
+    gradients (summed in another order where windows overlap).
 
-    The `k` cells of every window, in row-major order, are split into `k`
-    tensors of the output's shape (a reshape, a transpose and an unstack
-    of the zero-padded input); their running sums `c_j`, the 0-or-1 mask
-    of the sample (the first `a_j` with `u * c_last < c_j`, none where
-    the window sums to 0) and the sample are then about `5 k` elementwise
-    ops on tensors of the output's size, and the gradient `k` products
-    and the transpose's. `sample` stacks the cells on a window axis and
-    computes masks and sums over it, and with them the finite test of
-    each window's sum: passes over tensors of the input's size, forward
-    and backward, which TensorFlow's graph mode and torch's eager mode
-    run one kernel each (`results/peers/PROFILE.md`: training 1.5-3x
+    The window's `k` cells are `k` tensors of the output's size
+    (`Window.cells`); their running sums `c_j`, the 0-or-1 mask of the
+    sample (the first `a_j` with `u * c_last < c_j`, none where the
+    window sums to 0) and the sample are then about `5 k` elementwise ops
+    on those, and the gradient `k` products and the cells' slices and
+    transpose. `sample` stacks the cells on a window axis and computes
+    masks and sums over it, and with them the finite test of each
+    window's sum: passes over tensors of all the windows' size, forward
+    and backward, which TensorFlow's graph mode and torch's eager mode run
+    one kernel each (`results/peers/PROFILE.md`: training 1.2-2.4x
     faster). Products with the masks, not selections: a selection's
     gradient is two of them, each slower than a product.
     """
-    x = window.zero_pad(activations)
-    spatial = window.spatial_axes()
-    outs = window.output_spatial_shape(x.shape)
-    # "valid" leaves the cells past the last whole window out (a slice only
-    # then: TensorFlow's gradient of a slice is a pass of its own).
-    crop = [slice(None)] * len(x.shape)
-    for axis, out, k in zip(spatial, outs, window.pool_size, strict=True):
-        if x.shape[axis] != out * k:
-            crop[axis] = slice(0, out * k)
-    if any(part != slice(None) for part in crop):
-        x = x[tuple(crop)]
-    # Each spatial dim split into (out, k), the k's moved to the front.
-    split = [-1]
-    for axis in range(1, len(x.shape)):
-        if axis in spatial:
-            d = spatial.index(axis)
-            split += [outs[d], window.pool_size[d]]
-        else:
-            split.append(int(x.shape[axis]))
-    offsets = [axis + d + 1 for d, axis in enumerate(spatial)]
-    rest = [axis for axis in range(len(split)) if axis not in offsets]
-    size = math.prod(window.pool_size)
-    cells = ops.transpose(ops.reshape(x, split), offsets + rest)
-    cells = ops.reshape(cells, [size, *(split[axis] for axis in rest)])
-    cells = ops.unstack(cells, num=size)
+    cells = window.cells(window.zero_pad(activations))
     uniform = ops.squeeze(uniform, window.window_axis)
     sums = [cells[0]]
     for a in cells[1:]:
@@ -237,9 +207,9 @@ def tiled_sample(window, activations, uniform):
     # `exceeds[j]`, 1 where `u * c_last < c_j`, never decreases along the
     # window, so `exceeds[j] - exceeds[j - 1]` is 1 at the sample alone;
     # products with it are exact for finite cells.
-    exceeds = [ops.cast(threshold < c, x.dtype) for c in sums]
+    exceeds = [ops.cast(threshold < c, activations.dtype) for c in sums]
     chosen = [exceeds[0]]
-    chosen += [exceeds[j] - exceeds[j - 1] for j in range(1, size)]
+    chosen += [exceeds[j] - exceeds[j - 1] for j in range(1, len(cells))]
     outputs = cells[0] * chosen[0]
     for a, m in zip(cells[1:], chosen[1:], strict=True):
         outputs = outputs + a * m

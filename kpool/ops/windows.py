@@ -14,6 +14,7 @@ Windows follow Keras: under `"valid"` there are
 down) before.
 """
 
+import itertools
 import math
 import numbers
 
@@ -383,6 +384,66 @@ class Window:
             math.prod(self.pool_size)
         ]
         return ops.reshape(windows, shape)
+
+    def cells(self, padded):
+        """Each window's elements as separate tensors of the output's
+        shape, `prod(pool_size)` of them in the window's row-major order:
+        the `j`-th holds every window's `j`-th element.
+
+        `padded` is `self.zero_pad(inputs)`. As in `windows`, each spatial
+        dim is cropped or zero-padded to `s * (out + q)` cells and split
+        into `(out + q, s)`; one transpose brings the `s` phases of every
+        dim to the front, and offset `o = j * s + r` is then the
+        unit-stride slice `[j:j + out]` of phase `r` (the phase itself
+        where windows tile the input). Ops on the elements are then ops
+        on tensors of the output's size, where `windows` concatenates
+        them into one tensor as large as all of them.
+        """
+        spatial_axes = self.spatial_axes()
+        x = padded
+        outs, reaches = [], []
+        for axis, k, s in zip(
+            spatial_axes, self.pool_size, self.strides, strict=True
+        ):
+            n = x.shape[axis]
+            out = (n - k) // s + 1
+            reach = (k - 1) // s
+            length = s * (out + reach)
+            if length > n:
+                pads = [(0, 0)] * len(x.shape)
+                pads[axis] = (0, length - n)
+                x = ops.pad(x, pads)
+            elif length < n:
+                x = unit_slice(x, axis, 0, length)
+            outs.append(out)
+            reaches.append(reach)
+        # Each spatial dim split into (out + q, s), the phases moved first.
+        split = [-1]
+        for axis in range(1, len(x.shape)):
+            if axis in spatial_axes:
+                d = spatial_axes.index(axis)
+                split += [outs[d] + reaches[d], self.strides[d]]
+            else:
+                split.append(int(x.shape[axis]))
+        phase_axes = [axis + d + 1 for d, axis in enumerate(spatial_axes)]
+        rest = [axis for axis in range(len(split)) if axis not in phase_axes]
+        count = math.prod(self.strides)
+        phases = ops.transpose(ops.reshape(x, split), phase_axes + rest)
+        phases = ops.reshape(phases, [count, *(split[axis] for axis in rest)])
+        phases = ops.unstack(phases, num=count)
+        cells = []
+        for offsets in itertools.product(*(range(k) for k in self.pool_size)):
+            phase = 0
+            for offset, s in zip(offsets, self.strides, strict=True):
+                phase = phase * s + offset % s
+            cell = phases[phase]
+            for axis, offset, s, out, reach in zip(
+                spatial_axes, offsets, self.strides, outs, reaches, strict=True
+            ):
+                if reach:
+                    cell = unit_slice(cell, axis, offset // s, out)
+            cells.append(cell)
+        return cells
 
     def broadcast_channels(self, weight):
         """Reshapes a per-channel weight to broadcast against the output."""

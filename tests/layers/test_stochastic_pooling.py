@@ -99,30 +99,32 @@ def test_training_fast_path_matches_keras_ops_form(
     assert np.count_nonzero(np.asarray(outputs)) > 0
 
 
-def test_tiling_windows_sample_from_their_cells(monkeypatch, rng):
+def test_training_samples_from_the_windows_cells(monkeypatch, rng):
     # Eagerly (TensorFlow's `tf.cond` runs only the branch taken; torch
-    # reads the maximum), windows that tile the input (strides ==
-    # pool_size) sample by their cells' form unless an activation is above
-    # 2**30; overlapping windows and large activations, by the keras.ops
-    # form. Each sample is one of its window's cells either way.
+    # reads the maximum), windows tiling, overlapping or apart sample by
+    # their cells' form unless an activation is above 2**30; large
+    # activations by the keras.ops form, which rescales. Each sample is
+    # one of its window's cells either way.
     skip_without_fast_path("stochastic_sample")
     import importlib
 
     module = importlib.import_module("kpool.ops.stochastic_pool")
     calls = []
-    original = module.tiled_sample
+    original = module.cells_sample
 
     def recorded(window, activations, uniform):
         calls.append(window.pool_size)
         return original(window, activations, uniform)
 
-    monkeypatch.setattr(module, "tiled_sample", recorded)
+    monkeypatch.setattr(module, "cells_sample", recorded)
     x = np.abs(random_input(rng, 2, "channels_last")).astype("float32")
     for pool, stride, scale, taken in (
         (2, 2, 1.0, [(2, 2)]),
         (3, 3, 1.0, [(3, 3)]),
-        (3, 2, 1.0, []),
+        (3, 2, 1.0, [(3, 3)]),
+        (2, 3, 1.0, [(2, 2)]),
         (2, 2, 2.0**40, []),
+        (3, 2, 2.0**40, []),
     ):
         calls.clear()
         outputs = ops.stochastic_pool(

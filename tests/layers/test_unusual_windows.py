@@ -13,9 +13,13 @@ import numpy as np
 import pytest
 import reference
 
-from kpool import layers
+from kpool import layers, ops
 
 from .cases import random_input
+from .fast_paths import (
+    assert_same_outputs_and_gradients,
+    skip_without_fast_path,
+)
 from .test_mixed_pooling import built_layer
 
 CASES = [
@@ -98,3 +102,25 @@ def test_min_matches_reference(rng, rank, pool, stride, padding, data_format):
     outputs = keras.ops.convert_to_numpy(MIN_POOLINGS[rank](**args)(x))
     expected = reference.pool(x, reference.min_pool, **args)
     np.testing.assert_allclose(outputs, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("rank, pool, stride, padding, data_format", CASES)
+def test_stochastic_training_fast_path_matches_keras_ops_form(
+    monkeypatch, rng, rank, pool, stride, padding, data_format
+):
+    # Without rescaling, TensorFlow and torch sample each window's cells
+    # as separate tensors (`Window.cells`: stride phases, offsets, crops
+    # and pads): the same seed must sample the same cells, with the same
+    # gradients, as the keras.ops form over the stacked windows.
+    skip_without_fast_path("stochastic_sample")
+    args = window_args(pool, stride, padding, data_format)
+    x = random_input(rng, rank, data_format)
+    outputs = assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda x: ops.stochastic_pool(x, **args, training=True, seed=3),
+        x,
+        rng,
+        rtol=1e-6,
+        atol=0,
+    )
+    assert np.count_nonzero(np.asarray(outputs)) > 0
