@@ -378,6 +378,24 @@ def disjoint_soft_pool(window, inputs):
     return _as_data_format(pooled, window.data_format)
 
 
+def overlapping_soft_pool(window, inputs, per_window):
+    """SoftPool of any windows: eagerly, the first of `e = exp(x)` and
+    `e = exp(x - M)` (`M` each example's channel's maximum) that is exact,
+    as two average poolings, else `per_window()` (the `keras.ops` form,
+    each window shifted by its own maximum over the stacked windows). A
+    traced graph keeps `per_window()`."""
+    if values_known():
+        x = _channels_first(inputs, window.data_format)
+        for shifted in (False, True):
+            pooled, weights = shared_peak_soft_pool(window, x, shifted)
+            exact = torch.logical_and(
+                weights.amin() >= SHARED_PEAK_FLOOR, pooled.isfinite().all()
+            )
+            if bool(exact):
+                return _as_data_format(pooled, window.data_format)
+    return per_window()
+
+
 def shared_peak_soft_pool(window, x, shifted=True):
     """`(sum(x e) / sum(e), mean(e))` over each window of channels-first
     `x`, `e = exp(x - M)`, `M` the maximum of each example's channel: the
@@ -656,6 +674,7 @@ _FAST_PATHS = {
     "each_dim_arranged": each_dim_trailing,
     "fractional_max_pool": fractional_max_pool,
     "lp_pool": lp_pool,
+    "overlapping_soft_pool": overlapping_soft_pool,
     "max_pool_with_argmax": max_pool_with_argmax,
     "max_pool": max_pool,
     "max_unpool": max_unpool,

@@ -75,11 +75,23 @@ def soft_pool(
     elif disjoint and window.num_spatial_dims < 3:
         pooled = _disjoint_soft_pool(window, x)
     else:
-        cells = low_rank_windows(window, window.zero_pad(x))
-        masked = ops.where(inside_mask(window, x.shape), cells, float("-inf"))
-        pooled = soft_reduce(masked, [window.window_axis])
-        pooled = ops.squeeze(pooled, axis=window.window_axis)
+        overlapping = backend.fast_path("overlapping_soft_pool", x, window)
+        if overlapping is not None:
+            pooled = overlapping(
+                window, x, lambda: _window_soft_pool(window, x)
+            )
+        else:
+            pooled = _window_soft_pool(window, x)
     return ops.cast(pooled, dtype)
+
+
+def _window_soft_pool(window, x):
+    """SoftPool of any windows, each shifted by its own maximum
+    (`soft_reduce`) over the stacked windows."""
+    cells = low_rank_windows(window, window.zero_pad(x))
+    masked = ops.where(inside_mask(window, x.shape), cells, float("-inf"))
+    pooled = soft_reduce(masked, [window.window_axis])
+    return ops.squeeze(pooled, axis=window.window_axis)
 
 
 def soft_reduce(cells, axes):

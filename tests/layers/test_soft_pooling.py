@@ -250,6 +250,8 @@ SOFT_PATH_CASES = [
         (1, "same", "channels_last", 2, 3),
         (3, "same", "channels_first", 2, 2),
         (2, "same", "channels_last", 3, 2),
+        (2, "valid", "channels_first", 3, 2),
+        (1, "valid", "channels_last", 3, 1),
     )
 ]
 
@@ -342,7 +344,7 @@ def test_large_activations_in_overlapping_and_disjoint_windows(strides):
 
 
 @pytest.mark.parametrize(
-    "padding, pool, stride", [("valid", 2, 2), ("same", 2, 3)]
+    "padding, pool, stride", [("valid", 2, 2), ("same", 2, 3), ("same", 3, 2)]
 )
 def test_shared_shift_is_taken_for_ordinary_inputs_and_left_for_far_ones(
     rng, padding, pool, stride
@@ -376,7 +378,7 @@ def test_shared_shift_is_taken_for_ordinary_inputs_and_left_for_far_ones(
 
 
 @pytest.mark.parametrize(
-    "padding, pool, stride", [("valid", 2, 2), ("same", 2, 3)]
+    "padding, pool, stride", [("valid", 2, 2), ("same", 2, 3), ("same", 3, 2)]
 )
 def test_unshifted_form_is_taken_for_ordinary_inputs_and_left_for_large_ones(
     monkeypatch, rng, padding, pool, stride

@@ -62,6 +62,12 @@ def fast_path(name, window=None):
         and window.channels_last
     ):
         return soft_pool.disjoint_soft_pool
+    if (
+        name == "overlapping_soft_pool"
+        and window.num_spatial_dims < 3
+        and window.channels_last
+    ):
+        return soft_pool.overlapping_soft_pool
     # One depthwise convolution over both axes at once, as TensorFlow's
     # users write it; "replicate" pads by tf.pad's "SYMMETRIC", which
     # repeats the edge cell once.

@@ -45,6 +45,32 @@ def disjoint_soft_pool(window, x):
     return tf.cond(plain_exact, lambda: plain, shifted)
 
 
+def overlapping_soft_pool(window, x, per_window):
+    """SoftPool of windows that overlap, in one or two spatial dims,
+    channels last: the first exact one of `e = exp(x)`, `e = exp(x - M)`
+    (as `disjoint_soft_pool`'s first two forms, two average poolings) and
+    `per_window()`, the `keras.ops` form over the stacked windows, each
+    shifted by its own maximum (`tf.cond`s, which run only the branch
+    taken)."""
+    import tensorflow as tf
+
+    plain, weights = shared_peak_soft_pool(window, x, shifted=False)
+    plain_exact = tf.logical_and(
+        tf.math.is_finite(tf.reduce_sum(plain)),
+        tf.reduce_min(weights) >= SHARED_PEAK_FLOOR,
+    )
+
+    def shifted():
+        shared, weights = shared_peak_soft_pool(window, x)
+        exact = tf.logical_and(
+            tf.reduce_all(tf.math.is_finite(shared)),
+            tf.reduce_min(weights) >= SHARED_PEAK_FLOOR,
+        )
+        return tf.cond(exact, lambda: shared, per_window)
+
+    return tf.cond(plain_exact, lambda: plain, shifted)
+
+
 def shared_peak_soft_pool(window, x, shifted=True):
     """`(sum(x e) / sum(e), mean(e))` over each window, `e = exp(x - M)`
     with `M` the maximum of each example's channel, or `e = exp(x)` when
