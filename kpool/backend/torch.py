@@ -322,18 +322,11 @@ def disjoint_soft_pool(window, inputs):
     n = window.num_spatial_dims
     outs = window.output_spatial_shape(inputs.shape)
     x = _channels_first(inputs, window.data_format)
-    if values_known():
-        # Checked eagerly: first `e = exp(x)`, the unsafe form users write,
-        # exact for activations below about 85 and windows not all below
-        # about -69; then one shift per channel; the per-window form below
-        # runs only where neither is exact.
-        for shifted in (False, True):
-            pooled, weights = shared_peak_soft_pool(window, x, shifted)
-            exact = torch.logical_and(
-                weights.amin() >= SHARED_PEAK_FLOOR, pooled.isfinite().all()
-            )
-            if bool(exact):
-                return _as_data_format(pooled, window.data_format)
+    # The per-window form below runs only where neither shared form is
+    # exact.
+    pooled = _exact_shared_soft_pool(window, x)
+    if pooled is not None:
+        return _as_data_format(pooled, window.data_format)
     # Each dim cropped or padded (with -inf, which weighs 0) to s * out.
     tiles = window.tile_pads(inputs.shape)
     for d, (keep, _, _) in enumerate(tiles):
@@ -379,21 +372,33 @@ def disjoint_soft_pool(window, inputs):
 
 
 def overlapping_soft_pool(window, inputs, per_window):
-    """SoftPool of any windows: eagerly, the first of `e = exp(x)` and
-    `e = exp(x - M)` (`M` each example's channel's maximum) that is exact,
-    as two average poolings, else `per_window()` (the `keras.ops` form,
-    each window shifted by its own maximum over the stacked windows). A
-    traced graph keeps `per_window()`."""
-    if values_known():
-        x = _channels_first(inputs, window.data_format)
-        for shifted in (False, True):
-            pooled, weights = shared_peak_soft_pool(window, x, shifted)
-            exact = torch.logical_and(
-                weights.amin() >= SHARED_PEAK_FLOOR, pooled.isfinite().all()
-            )
-            if bool(exact):
-                return _as_data_format(pooled, window.data_format)
-    return per_window()
+    """SoftPool of any windows: `_exact_shared_soft_pool` (average
+    poolings take overlapping windows too), else `per_window()` (the
+    `keras.ops` form, each window shifted by its own maximum over the
+    stacked windows)."""
+    pooled = _exact_shared_soft_pool(
+        window, _channels_first(inputs, window.data_format)
+    )
+    if pooled is None:
+        return per_window()
+    return _as_data_format(pooled, window.data_format)
+
+
+def _exact_shared_soft_pool(window, x):
+    """SoftPool of channels-first `x` by the first exact one of `e =
+    exp(x)` (the unsafe form users write, exact for activations below
+    about 85 and windows not all below about -69) and `e = exp(x - M)`,
+    checked eagerly; `None` where neither is, or in a traced graph."""
+    if not values_known():
+        return None
+    for shifted in (False, True):
+        pooled, weights = shared_peak_soft_pool(window, x, shifted)
+        exact = torch.logical_and(
+            weights.amin() >= SHARED_PEAK_FLOOR, pooled.isfinite().all()
+        )
+        if bool(exact):
+            return pooled
+    return None
 
 
 def shared_peak_soft_pool(window, x, shifted=True):

@@ -342,15 +342,8 @@ class Window:
         ):
             # Earlier dims have already been split into (out, k) pairs.
             axis = spatial_axes[dim] + dim
-            n = windows.shape[axis]
-            out = (n - k) // s + 1
-            length = s * (out + (k - 1) // s)
-            if length > n:
-                pads = [(0, 0)] * len(windows.shape)
-                pads[axis] = (0, length - n)
-                windows = ops.pad(windows, pads)
-            elif length < n:
-                windows = unit_slice(windows, axis, 0, length)
+            windows, out = _fit_phases(windows, axis, k, s)
+            length = windows.shape[axis]
             shape = list(ops.shape(windows))
             shape[axis : axis + 1] = [length // s, s]
             windows = ops.reshape(windows, shape)
@@ -405,18 +398,9 @@ class Window:
         for axis, k, s in zip(
             spatial_axes, self.pool_size, self.strides, strict=True
         ):
-            n = x.shape[axis]
-            out = (n - k) // s + 1
-            reach = (k - 1) // s
-            length = s * (out + reach)
-            if length > n:
-                pads = [(0, 0)] * len(x.shape)
-                pads[axis] = (0, length - n)
-                x = ops.pad(x, pads)
-            elif length < n:
-                x = unit_slice(x, axis, 0, length)
+            x, out = _fit_phases(x, axis, k, s)
             outs.append(out)
-            reaches.append(reach)
+            reaches.append((k - 1) // s)
         # Each spatial dim split into (out + q, s), the phases moved first.
         split = [-1]
         for axis in range(1, len(x.shape)):
@@ -450,6 +434,23 @@ class Window:
         if self.channels_last or not len(weight.shape):
             return weight
         return ops.reshape(weight, (-1,) + (1,) * self.num_spatial_dims)
+
+
+def _fit_phases(padded, axis, k, s):
+    """`(padded, out)`: `padded` cropped or zero-padded along `axis` to `s *
+    (out + (k - 1) // s)` cells, whole phases of the stride `s` for the
+    `out` windows of size `k` (`Window.windows`, `Window.cells`). The cells
+    cropped or padded are in no window."""
+    n = padded.shape[axis]
+    out = (n - k) // s + 1
+    length = s * (out + (k - 1) // s)
+    if length > n:
+        pads = [(0, 0)] * len(padded.shape)
+        pads[axis] = (0, length - n)
+        padded = ops.pad(padded, pads)
+    elif length < n:
+        padded = unit_slice(padded, axis, 0, length)
+    return padded, out
 
 
 def unit_slice(tensor, axis, start, size):

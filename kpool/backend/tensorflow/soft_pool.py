@@ -22,6 +22,23 @@ def disjoint_soft_pool(window, x):
     input's size: a weight below `SHARED_PEAK_FLOOR`, or an output that is
     not finite (NaN or inf inputs go to the last form, which keeps them).
     """
+    return first_exact_soft_pool(
+        window, x, lambda: _peaked_soft_pool(window, x)
+    )
+
+
+def overlapping_soft_pool(window, x, per_window):
+    """SoftPool of windows that overlap, in one or two spatial dims,
+    channels last: `disjoint_soft_pool`'s first two forms (average
+    poolings take overlapping windows too), then `per_window()`, the
+    `keras.ops` form over the stacked windows, each shifted by its own
+    maximum."""
+    return first_exact_soft_pool(window, x, per_window)
+
+
+def first_exact_soft_pool(window, x, last):
+    """The first exact one of `e = exp(x)`, `e = exp(x - M)` and `last()`
+    (`tf.cond`s, which run only the branch taken)."""
     import tensorflow as tf
 
     plain, weights = shared_peak_soft_pool(window, x, shifted=False)
@@ -38,35 +55,7 @@ def disjoint_soft_pool(window, x):
             tf.reduce_all(tf.math.is_finite(shared)),
             tf.reduce_min(weights) >= SHARED_PEAK_FLOOR,
         )
-        return tf.cond(
-            exact, lambda: shared, lambda: _peaked_soft_pool(window, x)
-        )
-
-    return tf.cond(plain_exact, lambda: plain, shifted)
-
-
-def overlapping_soft_pool(window, x, per_window):
-    """SoftPool of windows that overlap, in one or two spatial dims,
-    channels last: the first exact one of `e = exp(x)`, `e = exp(x - M)`
-    (as `disjoint_soft_pool`'s first two forms, two average poolings) and
-    `per_window()`, the `keras.ops` form over the stacked windows, each
-    shifted by its own maximum (`tf.cond`s, which run only the branch
-    taken)."""
-    import tensorflow as tf
-
-    plain, weights = shared_peak_soft_pool(window, x, shifted=False)
-    plain_exact = tf.logical_and(
-        tf.math.is_finite(tf.reduce_sum(plain)),
-        tf.reduce_min(weights) >= SHARED_PEAK_FLOOR,
-    )
-
-    def shifted():
-        shared, weights = shared_peak_soft_pool(window, x)
-        exact = tf.logical_and(
-            tf.reduce_all(tf.math.is_finite(shared)),
-            tf.reduce_min(weights) >= SHARED_PEAK_FLOOR,
-        )
-        return tf.cond(exact, lambda: shared, per_window)
+        return tf.cond(exact, lambda: shared, last)
 
     return tf.cond(plain_exact, lambda: plain, shifted)
 
