@@ -154,22 +154,16 @@ def expectation(window, activations, scale):
 
 def sample(window, activations, scale, seed):
     """One sampled element of each window of `activations` (`a >= 0`),
-    drawn by `activations / scale`. `scale` `None`: unscaled, for
-    activations that are finite and at most `_RESCALE_ABOVE` (the caller
-    has checked), whose window sums are finite."""
+    drawn by `activations / scale`."""
     uniform = draw_uniform(window, activations, seed)
     windows = window.windows(window.zero_pad(activations))
-    weights = windows
-    if scale is not None:
-        weights = windows / _window_scale(window, scale)
+    weights = windows / _window_scale(window, scale)
     # A product with the 0-or-1 mask of the sample, not a selection: its
     # gradient is one product where a selection's is two selections (each
     # a pass over the windows outside XLA). Exact for finite cells; a
     # window holding NaN or inf is given its sum below.
     chosen = ops.cast(sampled(window, weights, uniform), windows.dtype)
     outputs = ops.sum(windows * chosen, axis=window.window_axis)
-    if scale is None:
-        return outputs
     # Summed as sampled (rescaled): finite activations whose sum
     # overflows still give a sample.
     total = ops.sum(weights, axis=window.window_axis)
