@@ -184,7 +184,8 @@ def torch_peers(shape, samples):
 
     size = fractional_output_size(shape)
     # kpool's samples list the spatial dims in order; torch's, width first.
-    torch_samples = torch.flip(torch.as_tensor(samples), dims=[-1])
+    # On Keras's device, as the batch is (a GPU where there is one).
+    torch_samples = torch.flip(keras.ops.convert_to_tensor(samples), dims=[-1])
 
     def stochastic(x):
         a = F.relu(x)
@@ -570,10 +571,10 @@ def _output_gradient(outputs):
 def benchmark_peers(sizes=SIZES, repeats=30, warmup=5, ops=None):
     """One row per case, size and passes: kpool's and its peer's median
     times from interleaved rounds, and their ratio. `ops`: the op names to
-    time (default all)."""
+    time (default all). Yields each size's rows when it is done."""
     compile_mode = bench.default_compile_mode()
-    rows = []
     for shape in sizes:
+        rows = []
         x = batch(shape)
         for case in peer_cases(shape):
             if ops is not None and case.op not in ops:
@@ -614,7 +615,7 @@ def benchmark_peers(sizes=SIZES, repeats=30, warmup=5, ops=None):
                         "dtype": "float32",
                     }
                 )
-    return rows
+        yield rows
 
 
 def load_average():
@@ -656,6 +657,28 @@ def git_state():
     return {
         "git_commit": commit,
         "git_dirty": bool(changed) if commit else "",
+    }
+
+
+def run_columns(args, load_before, others):
+    """The columns that say under what load, on what and from what code
+    the rows were timed (up to now)."""
+    others_cores = others.cores()
+    return {
+        "load_average_before": round(load_before, 2),
+        # Includes the benchmark's own threads.
+        "load_average_after": round(load_average(), 2),
+        "others_cpu_cores": (
+            "" if others_cores is None else round(others_cores, 3)
+        ),
+        "quiet": load_before <= QUIET_LOAD
+        and (others_cores is None or others_cores <= bench.QUIET_OTHERS_CORES),
+        "smoke": args.smoke,
+        "python_version": platform.python_version(),
+        **library_versions(),
+        **git_state(),
+        **environment(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 
 
@@ -706,30 +729,22 @@ def main(argv=None):
                 f"--ops: unknown op(s) {', '.join(unknown)}; the ops are "
                 f"{', '.join(sorted(known))}"
             )
-    rows = benchmark_peers(sizes, repeats=repeats, warmup=warmup, ops=args.ops)
-    others_cores = others.cores()
-    load_after = load_average()
-    run = {
-        "load_average_before": round(load_before, 2),
-        # Includes the benchmark's own threads.
-        "load_average_after": round(load_after, 2),
-        "others_cpu_cores": (
-            "" if others_cores is None else round(others_cores, 3)
-        ),
-        "quiet": load_before <= QUIET_LOAD
-        and (others_cores is None or others_cores <= bench.QUIET_OTHERS_CORES),
-        "smoke": args.smoke,
-        "python_version": platform.python_version(),
-        **library_versions(),
-        **git_state(),
-        **environment(),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
-    rows = [{**row, **run} for row in rows]
     path = os.path.join(args.output_dir, f"{backend}.csv")
-    if args.ops is not None and os.path.exists(path):
-        rows = bench.kept_rows(path, "op", args.ops, list(rows[0])) + rows
-    bench.write_csv(rows, path)
+    rows, kept = [], None
+    # Written after each size, so that a run stopped early (a time limit
+    # on a lent GPU) keeps every size it finished.
+    for size_rows in benchmark_peers(
+        sizes, repeats=repeats, warmup=warmup, ops=args.ops
+    ):
+        run = run_columns(args, load_before, others)
+        rows = [{**row, **run} for row in rows + size_rows]
+        if kept is None:
+            # Before the first write: the other ops' rows of an earlier
+            # run, which --ops keeps.
+            kept = []
+            if args.ops is not None and os.path.exists(path):
+                kept = bench.kept_rows(path, "op", args.ops, list(rows[0]))
+        bench.write_csv(kept + rows, path)
     print(bench.format_table(rows, TABLE_COLUMNS))
     print(
         f"Wrote {path} ({run['machine']}, load average "

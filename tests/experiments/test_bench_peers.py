@@ -139,3 +139,29 @@ def test_ops_names_an_unknown_op(bench_peers, tmp_path):
             ["--smoke", "--output-dir", str(tmp_path), "--ops", "min_pooling"]
         )
     assert not os.listdir(tmp_path)
+
+
+def test_a_run_stopped_early_keeps_the_sizes_it_finished(
+    bench_peers, tmp_path, monkeypatch
+):
+    # As when a time limit stops the run on a lent GPU after some sizes.
+    main = bench_peers["main"]
+    benchmark = main.__globals__["benchmark_peers"]
+
+    def stopped_after_one_size(sizes, **kwargs):
+        yield from benchmark(sizes, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(
+        main.__globals__, "benchmark_peers", stopped_after_one_size
+    )
+    with pytest.raises(KeyboardInterrupt):
+        main(["--smoke", "--output-dir", str(tmp_path), "--ops", "min_pool"])
+    with open(tmp_path / f"{keras.backend.backend()}.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(row["op"], row["passes"]) for row in rows} == {
+        ("min_pool", "fwd+bwd"),
+        ("min_pool", "fwd"),
+    }
+    assert COLUMNS <= set(rows[0])
+    assert os.listdir(tmp_path) == [f"{keras.backend.backend()}.csv"]
