@@ -105,7 +105,19 @@ def test_gradient_goes_to_the_middle_cells(rng, pool, padding):
     upstream = rng.uniform(0.5, 1.5, layer.compute_output_shape(x.shape))
     upstream = upstream.astype("float32")
     _, input_gradient, _ = gradients(layer, x, upstream)
+    np.testing.assert_allclose(
+        input_gradient,
+        median_gradient(x, upstream, args),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
+
+def median_gradient(x, upstream, args):
+    """The input gradient of `sum(upstream * median pooling of x)` (2D,
+    channels last): each window's middle value(s) take(s) the upstream
+    gradient, half each, at the first cell of the window, in row-major
+    order, equal to it (the only such cell where no values tie)."""
     cells = windows(x, **args)
     flat = np.arange(x.size, dtype="float64").reshape(x.shape)
     index = windows(flat, **args)
@@ -115,16 +127,15 @@ def test_gradient_goes_to_the_middle_cells(rng, pool, padding):
             values = cells[(*position, slice(None), channel)]
             where = index[(*position, slice(None), channel)]
             inside = ~np.isnan(values)
-            order = np.argsort(values[inside])
+            ordered = np.sort(values[inside])
             m = inside.sum()
-            middle = {order[(m - 1) // 2], order[m // 2]}
-            for j in middle:
-                expected[int(where[inside][j])] += upstream[
-                    (*position, channel)
-                ] / len(middle)
-    np.testing.assert_allclose(
-        input_gradient, expected.reshape(x.shape), rtol=1e-6, atol=1e-6
-    )
+            # An odd window's middle value twice, each with half.
+            for value in (ordered[(m - 1) // 2], ordered[m // 2]):
+                first = np.flatnonzero(values[inside] == value)[0]
+                expected[int(where[inside][first])] += (
+                    upstream[(*position, channel)] / 2
+                )
+    return expected.reshape(x.shape)
 
 
 def test_nan_and_infinities():
@@ -283,3 +294,31 @@ def test_selection_network_selects(rng, pool_size, positions):
         ordered = np.sort(cells, axis=0)
         for p in positions:
             np.testing.assert_array_equal(wires[p], ordered[p])
+
+
+@pytest.mark.parametrize("pool, padding", [(3, "valid"), (2, "same")])
+def test_fast_path_sends_a_tie_to_the_first_equal_cell(rng, pool, padding):
+    # After a ReLU most windows tie at zero. The fast paths (TensorFlow
+    # outside XLA, torch) give all of each median's gradient to the first
+    # cell, in row-major order, that equals it; of an even window, both
+    # middle values' halves.
+    skip_without_fast_path("order_statistics")
+    x = np.maximum(rng.normal(size=(2, 7, 7, 3)), 0.0).astype("float32")
+    x[0] = 0.0
+    args = {
+        "pool_size": (pool, pool),
+        "strides": (2, 2),
+        "padding": padding,
+        "data_format": "channels_last",
+    }
+    layer = layers.MedianPooling2D(**args)
+    upstream = rng.uniform(0.5, 1.5, layer.compute_output_shape(x.shape))
+    upstream = upstream.astype("float32")
+    outputs, input_gradient, _ = gradients(layer, x, upstream)
+    assert (outputs[0] == 0).all()
+    np.testing.assert_allclose(
+        input_gradient,
+        median_gradient(x, upstream, args),
+        rtol=1e-6,
+        atol=1e-6,
+    )

@@ -12,6 +12,7 @@ from kpool.backend.tensorflow import (
     adaptive,
     blur,
     gather,
+    order,
     random,
     roots,
     soft_pool,
@@ -49,6 +50,8 @@ def fast_path(name, window=None):
     # maximal cell, and so to each copy of a repeated one.
     if name == "region_max" and window.num_spatial_dims < 3:
         return gather.region_max
+    if name == "order_statistics":
+        return order.order_statistics
     if name == "positive_root":
         return roots.positive_root
     if name == "stochastic_expectation":
