@@ -51,6 +51,16 @@ def fast_path(name, inputs=None, window=None):
     return None if module is None else module.fast_path(name, window)
 
 
+def has_float64():
+    """Whether float64 tensors are float64 here: JAX makes them float32
+    (with a warning) unless `jax_enable_x64` is set."""
+    if keras.config.backend() == "jax":
+        import jax
+
+        return bool(jax.config.read("jax_enable_x64"))
+    return True
+
+
 def values_known(tensor):
     """Whether `tensor`'s values can be read now: not while a model is
     built or a function traced (`jax.jit`, `tf.function`, `torch.compile`,

@@ -2,6 +2,7 @@ import functools
 import math
 import random
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -41,7 +42,11 @@ def median_pool(
     window padded with NaN. (timm's `MedianPool2d(same=True)` instead pads
     by reflection.) The gradient goes to the middle cell, or half to each
     of the two middle cells. NaN in a window gives NaN, as in
-    `numpy.median`. float16 and bfloat16 are computed in float32.
+    `numpy.median`. float16 and bfloat16 are computed in float32. Integer
+    inputs (8-bit images, say) are computed in float32, float64 from 32
+    bits up (float32 again where the backend has no float64, as JAX by
+    default), and the mean of two middle values is truncated toward zero,
+    as a cast truncates.
 
     Windows of up to 25 cells go through a selection network: each window
     offset is one shifted slice of the input, and a fixed sequence of
@@ -80,7 +85,7 @@ def median_pool(
     )
     window.check_fits(inputs.shape, "median_pool")
     dtype = inputs.dtype
-    x = ops.cast(inputs, float_compute_dtype(dtype))
+    x = ops.cast(inputs, _compute_dtype(dtype))
     inside = inside_cells(window, x.shape)
     counts = inside.sum(axis=-1)
     size = inside.shape[-1]
@@ -112,6 +117,16 @@ def median_pool(
             odd = as_output_constant(window, ~even, "bool")
             median = ops.minimum(median, ops.where(odd, low, float("inf")))
     return ops.cast(median, dtype)
+
+
+def _compute_dtype(dtype):
+    """The float dtype a median of `dtype` is computed in: padded cells
+    read as infinities, and an even window's median is a mean."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    if "int" in dtype or dtype == "bool":
+        wide = dtype.endswith(("32", "64")) and backend.has_float64()
+        return "float64" if wide else "float32"
+    return float_compute_dtype(dtype)
 
 
 def centring_fills(inside):

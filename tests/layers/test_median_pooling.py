@@ -146,6 +146,28 @@ def test_nan_and_infinities():
     np.testing.assert_array_equal(outputs.ravel(), expected)
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "int32"])
+def test_integer_inputs_keep_their_dtype(rng, dtype):
+    # An 8-bit image's median filter, say: odd windows give a cell; "same"
+    # edge windows of an even count the mean of two middle values,
+    # truncated toward zero as a cast truncates.
+    low = 0 if dtype == "uint8" else -100
+    x = rng.integers(low, 120, (2, 7, 7, 3)).astype(dtype)
+    args = {"pool_size": 3, "strides": 2, "padding": "same"}
+    outputs = ops.median_pool(x, data_format="channels_last", **args)
+    assert keras.backend.standardize_dtype(outputs.dtype) == dtype
+    expected = median_pool(
+        x.astype("float64"),
+        (3, 3),
+        (2, 2),
+        "same",
+        "channels_last",
+    )
+    np.testing.assert_array_equal(
+        numeric(outputs), np.trunc(expected).astype(dtype)
+    )
+
+
 @pytest.mark.parametrize(
     "kwargs, argument",
     [
