@@ -2,7 +2,6 @@ import functools
 import math
 import random
 
-import keras
 import numpy as np
 from keras import ops
 
@@ -85,7 +84,7 @@ def median_pool(
     )
     window.check_fits(inputs.shape, "median_pool")
     dtype = inputs.dtype
-    x = ops.cast(inputs, _compute_dtype(dtype))
+    x = ops.cast(inputs, float_compute_dtype(dtype))
     inside = inside_cells(window, x.shape)
     counts = inside.sum(axis=-1)
     size = inside.shape[-1]
@@ -117,16 +116,6 @@ def median_pool(
             odd = as_output_constant(window, ~even, "bool")
             median = ops.minimum(median, ops.where(odd, low, float("inf")))
     return ops.cast(median, dtype)
-
-
-def _compute_dtype(dtype):
-    """The float dtype a median of `dtype` is computed in: padded cells
-    read as infinities, and an even window's median is a mean."""
-    dtype = keras.backend.standardize_dtype(dtype)
-    if "int" in dtype or dtype == "bool":
-        wide = dtype.endswith(("32", "64")) and backend.has_float64()
-        return "float64" if wide else "float32"
-    return float_compute_dtype(dtype)
 
 
 def centring_fills(inside):

@@ -1,7 +1,7 @@
 from keras import ops
 
 from kpool import backend
-from kpool.ops.windows import Window, as_tensor
+from kpool.ops.windows import Window, as_tensor, integers_as_floats
 
 
 def min_pool(
@@ -41,10 +41,13 @@ def min_pool(
         inputs, pool_size, strides, padding, data_format, "min_pool"
     )
     window.check_fits(inputs.shape, "min_pool")
-    fast = backend.fast_path("min_pool", inputs, window)
+    # An unsigned integer's negation wraps around.
+    x = integers_as_floats(inputs)
+    fast = backend.fast_path("min_pool", x, window)
     if fast is not None:
-        return fast(window, inputs)
-    return ops.negative(window.max_pool(ops.negative(inputs)))
+        return ops.cast(fast(window, x), inputs.dtype)
+    pooled = ops.negative(window.max_pool(ops.negative(x)))
+    return ops.cast(pooled, inputs.dtype)
 
 
 def global_min_pool(inputs, data_format=None, keepdims=False):

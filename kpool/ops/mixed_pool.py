@@ -5,7 +5,7 @@ from keras import ops
 
 from kpool import backend
 from kpool.ops.window_cells import window_responses
-from kpool.ops.windows import Window, as_tensor
+from kpool.ops.windows import Window, as_tensor, integers_as_floats
 
 GRANULARITIES = ("region", "channel", "layer")
 
@@ -105,20 +105,22 @@ def mixed_pool(
             "and no `gate_kernel`. Received: "
             f"alpha={alpha!r}, gate_kernel={gate_kernel!r}"
         )
-    padded = window.zero_pad(inputs)
+    dtype = inputs.dtype
+    x = integers_as_floats(inputs)
+    padded = window.zero_pad(x)
     if gate_kernel is not None:
         mixing = ops.sigmoid(gate_logits(window, padded, gate_kernel))
     elif choose:
-        mixing = draw_max_choices(window, inputs, alpha, granularity, seed)
+        mixing = draw_max_choices(window, x, alpha, granularity, seed)
     elif number:
-        return _mix_constant(window, inputs, padded, float(alpha))
+        return ops.cast(_mix_constant(window, x, padded, float(alpha)), dtype)
     else:
-        mixing = window.broadcast_channels(ops.cast(alpha, inputs.dtype))
-    max_pooled = window.max_pool(inputs)
-    avg_pooled = window.average_pool(inputs, padded)
+        mixing = window.broadcast_channels(ops.cast(alpha, x.dtype))
+    max_pooled = window.max_pool(x)
+    avg_pooled = window.average_pool(x, padded)
     if choose:
-        return ops.where(mixing, max_pooled, avg_pooled)
-    return mix(max_pooled, avg_pooled, mixing)
+        return ops.cast(ops.where(mixing, max_pooled, avg_pooled), dtype)
+    return ops.cast(mix(max_pooled, avg_pooled, mixing), dtype)
 
 
 def _mix_constant(window, inputs, padded, alpha):

@@ -3,7 +3,12 @@ import numbers
 from keras import ops
 
 from kpool import backend
-from kpool.ops.windows import Window, as_tensor, unit_slice
+from kpool.ops.windows import (
+    Window,
+    as_tensor,
+    integers_as_floats,
+    unit_slice,
+)
 
 MODES = ("max", "average")
 
@@ -97,6 +102,8 @@ def spatial_pyramid_pool(inputs, bins=(1, 2, 4), mode="max", data_format=None):
         )
     channels = inputs.shape[window.channel_axis]
     static = all(n is not None for n in window.spatial_shape(inputs.shape))
+    dtype = inputs.dtype
+    inputs = integers_as_floats(inputs)
     # torch's adaptive pooling, where the backend has it. Keras 3.15's
     # `adaptive_max_pool` is about 15 times slower than these masked
     # reductions on JAX (forward and backward, CPU), and on TensorFlow its
@@ -109,7 +116,8 @@ def spatial_pyramid_pool(inputs, bins=(1, 2, 4), mode="max", data_format=None):
         if pooled is None:
             pooled = _adaptive_pool(inputs, level, mode, window, static)
         levels.append(ops.reshape(pooled, (-1, channels * level[0] * level[1])))
-    return levels[0] if len(levels) == 1 else ops.concatenate(levels, axis=-1)
+    pooled = levels[0] if len(levels) == 1 else ops.concatenate(levels, axis=-1)
+    return ops.cast(pooled, dtype)
 
 
 def _adaptive_pool(inputs, level, mode, window, static):

@@ -469,10 +469,26 @@ def unit_slice(tensor, axis, start, size):
 
 
 def float_compute_dtype(dtype):
-    """float32 for float16 and bfloat16 (whose range or precision a
-    pooling's intermediate values outgrow), else `dtype`."""
+    """The dtype a pooling of `dtype` computes in: float32 for float16 and
+    bfloat16 (whose range or precision its intermediate values outgrow);
+    for integers and bools float32, or float64 from 32 bits up where the
+    backend has it (means, powers and infinite padding need a float; the
+    result is cast back, truncating as a cast does); else `dtype`."""
     dtype = keras.backend.standardize_dtype(dtype)
+    if "int" in dtype or dtype == "bool":
+        wide = dtype.endswith(("32", "64")) and backend.has_float64()
+        return "float64" if wide else "float32"
     return "float32" if dtype in ("float16", "bfloat16") else dtype
+
+
+def integers_as_floats(inputs):
+    """`inputs` cast to `float_compute_dtype` where its dtype is not a
+    float one (integers, bools: negations, means and masks need a float),
+    else as it is. Cast the result back to `inputs.dtype`."""
+    dtype = keras.backend.standardize_dtype(inputs.dtype)
+    if "float" in dtype:
+        return inputs
+    return ops.cast(inputs, float_compute_dtype(dtype))
 
 
 def as_tensor(inputs):

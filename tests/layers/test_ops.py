@@ -239,3 +239,57 @@ def test_stochastic_expectation_of_huge_activations_is_exact():
     np.testing.assert_allclose(
         outputs.ravel(), [(a**2).sum() / a.sum()], rtol=1e-6
     )
+
+
+INTEGER_OPS = {
+    "min": lambda x: ops.min_pool(x, 2),
+    "mixed": lambda x: ops.mixed_pool(x, 2, alpha=0.3),
+    "gated": lambda x: ops.mixed_pool(
+        x, 2, gate_kernel=np.linspace(-0.01, 0.01, 4, dtype="float32")
+    ),
+    "stochastic": lambda x: ops.stochastic_pool(x, 2),
+    "lp": lambda x: ops.lp_pool(x, 2, 3, 2),
+    "gem": lambda x: ops.global_gem_pool(x, 3.0),
+    "soft": lambda x: ops.soft_pool(x, 2),
+    "blur": lambda x: ops.blur_pool(x, 3, 2),
+    "max_blur": lambda x: ops.max_blur_pool(x, 2, 2, 3),
+    "median": lambda x: ops.median_pool(x, 3, 1, "same"),
+    "fractional": lambda x: ops.fractional_max_pool(
+        x, output_ratio=0.7, samples=np.full((2, 3, 2), 0.4, "float32")
+    ),
+    "pyramid": lambda x: ops.spatial_pyramid_pool(x, [1, 2]),
+    "pyramid_average": lambda x: ops.spatial_pyramid_pool(
+        x, [1, 3], mode="average"
+    ),
+    "tree": lambda x: ops.tree_pool(
+        x,
+        2,
+        leaf_kernels=np.array([[1, 0.25], [0, 0.25], [0, 0.25], [0, 0.25]]),
+        gate_kernels=np.full((4, 1), 0.01),
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16"])
+@pytest.mark.parametrize("name", list(INTEGER_OPS))
+def test_integer_inputs_pool_as_floats_cast_back(rng, name, dtype):
+    # An 8-bit image, say: every op computes in float32 and returns the
+    # input's dtype, truncating as a cast does, on every backend
+    # (TensorFlow's own poolings and negation reject uint8; torch's
+    # average and adaptive poolings reject it; an unsigned negation wraps).
+    op = INTEGER_OPS[name]
+    # Below 81, every output fits in uint8 (LP's 3x3 norm: 3 * 80): a
+    # float cast out of range saturates or wraps by backend.
+    x = rng.integers(0, 81, (2, 9, 9, 3)).astype(dtype)
+    outputs = op(x)
+    assert keras.backend.standardize_dtype(outputs.dtype) == dtype
+    expected = keras.ops.convert_to_numpy(op(x.astype("float32")))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(outputs),
+        np.trunc(expected).astype(dtype),
+    )
+    if name == "min":
+        cells = x[:, :8, :8].reshape(2, 4, 2, 4, 2, 3)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(outputs), cells.min(axis=(2, 4))
+        )
