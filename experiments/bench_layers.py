@@ -143,6 +143,15 @@ def parse_args(argv):
         "(default: bench.model_fit_choices())",
     )
     parser.add_argument(
+        "--fit-part",
+        type=fit_part,
+        metavar="I/N",
+        help="with --model-fit: only the I-th of N runs of contiguous "
+        "choices of bench.model_fit_choices(), each with max; its rows "
+        "join the CSV's others (a process stopped by a time limit loses "
+        "only its part)",
+    )
+    parser.add_argument(
         "--fit-config",
         metavar="CONFIG",
         help="with --model-fit: time this experiment YAML's own runs "
@@ -169,6 +178,28 @@ def parse_args(argv):
         help="tiny shapes and few repeats: checks that it runs, nothing more",
     )
     return parser.parse_args(argv)
+
+
+def fit_part(text):
+    """`(i, n)` of "I/N", 1 <= I <= N."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        i = n = 0
+    if not 1 <= i <= n:
+        raise argparse.ArgumentTypeError(
+            f"must be I/N with 1 <= I <= N, e.g. 2/3. Received: {text!r}"
+        )
+    return i, n
+
+
+def part_choices(part):
+    """The `part = (i, n)`-th of `n` contiguous runs of
+    `bench.model_fit_choices()`, as even in length as they go."""
+    i, n = part
+    choices = bench.model_fit_choices()
+    bounds = [len(choices) * k // n for k in range(n + 1)]
+    return list(choices[bounds[i - 1] : bounds[i]])
 
 
 def positive_int(text):
@@ -256,6 +287,13 @@ def experiment_fit(args):
 def main(argv=None):
     args = parse_args(argv)
     backend = keras.backend.backend()
+    if args.fit_part:
+        if args.fit_choices or args.fit_config:
+            raise SystemExit(
+                "--fit-part picks the small CNN's choices itself: give it "
+                "without --fit-choices and --fit-config"
+            )
+        args.fit_choices = part_choices(args.fit_part)
     layer_settings = dict(
         batch_shape=tuple(args.batch_shape),
         padding=args.padding,

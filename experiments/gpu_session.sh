@@ -12,7 +12,8 @@
 #                    pooling, interleaved.
 #   3. peers_jax     bench_peers.py under JAX: next to the same formulas
 #                    written with jax.lax.
-#   4. fit_jax       the model-level benchmark under JAX.
+#   4. fit_jax_*     the model-level benchmark under JAX, its choices in
+#                    three processes (`--fit-part 1/3` ...).
 #   5. throughput    bench_gpu.py (JAX): layers' bandwidth and the training
 #                    throughput of the small CNN on synthetic data of
 #                    CIFAR-10's size.
@@ -133,8 +134,12 @@ run_part fit_torch torch 10 experiments/bench_layers.py \
   --output-dir "$out/fit" "${fit[@]}"
 run_part peers_jax jax 30 experiments/bench_peers.py --allow-loaded \
   --output-dir "$out/peers" "${peers[@]}"
-run_part fit_jax jax 30 experiments/bench_layers.py --output-dir "$out/fit" \
-  "${fit[@]}"
+# JAX compiles every choice's train step: in three processes, so that one
+# stopped at its limit loses only its third (each joins the CSV).
+for part in 1 2 3; do
+  run_part "fit_jax_${part}of3" jax 10 experiments/bench_layers.py \
+    --output-dir "$out/fit" "${fit[@]}" --fit-part "$part/3"
+done
 run_part throughput jax 20 experiments/bench_gpu.py \
   --output-dir "$out/throughput" "${throughput[@]}"
 echo "gpu_session.sh: $((SECONDS - start)) s; parts in $out/parts.csv"

@@ -364,6 +364,32 @@ def test_bench_layers_script_writes_every_case_with_its_ratio(tmp_path):
     assert rows[1]["date"] >= before["strided"]["date"]
 
 
+def test_fit_parts_split_the_choices_and_join_in_one_csv(tmp_path):
+    script = load_script("bench_layers.py")
+    choices = list(bench.model_fit_choices())
+    for n in (1, 2, 3, len(choices)):
+        parts = [script["part_choices"]((i, n)) for i in range(1, n + 1)]
+        assert sum(parts, []) == choices
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    for bad in ("0/2", "3/2", "2", "a/b"):
+        with pytest.raises(SystemExit):
+            script["parse_args"](["--fit-part", bad])
+    with pytest.raises(SystemExit, match="--fit-part picks"):
+        run_bench_layers(
+            tmp_path, "--model-fit", "--fit-part", "1/2", "--fit-choices", "min"
+        )
+
+    # Two processes' parts (as the GPU session runs them) in one CSV, in
+    # the benchmark's order whichever ran first.
+    n = len(choices)
+    for part in (f"2/{n}", f"1/{n}"):
+        backend = run_bench_layers(
+            tmp_path, "--model-fit", "--skip-layers", "--fit-part", part
+        )
+    rows = read_csv(tmp_path / f"model_fit_{backend}.csv")
+    assert [r["downsampling"] for r in rows] == choices[:2]
+
+
 def test_bench_layers_times_an_experiments_own_runs(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(

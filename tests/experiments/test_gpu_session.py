@@ -19,7 +19,9 @@ PARTS = [
     ("peers_torch", "torch", "experiments/bench_peers.py"),
     ("fit_torch", "torch", "experiments/bench_layers.py"),
     ("peers_jax", "jax", "experiments/bench_peers.py"),
-    ("fit_jax", "jax", "experiments/bench_layers.py"),
+    ("fit_jax_1of3", "jax", "experiments/bench_layers.py"),
+    ("fit_jax_2of3", "jax", "experiments/bench_layers.py"),
+    ("fit_jax_3of3", "jax", "experiments/bench_layers.py"),
     ("throughput", "jax", "experiments/bench_gpu.py"),
 ]
 
@@ -66,19 +68,26 @@ def test_runs_every_part_with_its_backend_and_arguments(tmp_path, quick):
     assert [(line[0], line[1]) for line in lines] == [
         (backend, script) for _, backend, script in PARTS
     ]
-    peers_torch, fit_torch, peers_jax, fit_jax, throughput = lines
+    peers_torch, fit_torch, peers_jax, *fit_jax, throughput = lines
     for line, folder in [
         (peers_torch, "peers"),
         (peers_jax, "peers"),
         (fit_torch, "fit"),
-        (fit_jax, "fit"),
+        *((line, "fit") for line in fit_jax),
         (throughput, "throughput"),
     ]:
         assert line[line.index("--output-dir") + 1] == str(out / folder)
     # A lent machine is never refused for its load; rows record it.
     assert "--allow-loaded" in peers_torch and "--allow-loaded" in peers_jax
-    for line in (fit_torch, fit_jax):
+    for line in (fit_torch, *fit_jax):
         assert {"--model-fit", "--skip-layers"} <= set(line)
+    # JAX's choices in three processes, each a part; torch's in one.
+    assert "--fit-part" not in fit_torch
+    assert [line[line.index("--fit-part") + 1] for line in fit_jax] == [
+        "1/3",
+        "2/3",
+        "3/3",
+    ]
     assert throughput[throughput.index("--families") + 1] == "small_cnn"
     tiny = {"--smoke", "--quick"}
     for line in lines:
@@ -102,8 +111,16 @@ def test_a_failed_part_is_recorded_and_the_rest_still_run(tmp_path):
     result = run(tmp_path, python, str(tmp_path / "out"))
     assert result.returncode == 1
     parts = read_parts(tmp_path / "out")
-    assert [p["exit_status"] for p in parts] == ["7", "0", "7", "0", "0"]
-    assert len(calls.read_text().splitlines()) == 5
+    assert [p["exit_status"] for p in parts] == [
+        "7",
+        "0",
+        "7",
+        "0",
+        "0",
+        "0",
+        "0",
+    ]
+    assert len(calls.read_text().splitlines()) == 7
 
 
 def test_a_part_past_its_limit_is_stopped_and_its_time_is_not_lost(
@@ -121,7 +138,7 @@ def test_a_part_past_its_limit_is_stopped_and_its_time_is_not_lost(
     assert parts[0]["exit_status"] == "124"
     assert int(parts[0]["seconds"]) < 20
     ran = [p["part"] for p in parts if p["exit_status"] == "0"]
-    assert ran == ["fit_torch", "peers_jax", "fit_jax", "throughput"]
+    assert ran == [name for name, _, _ in PARTS[1:]]
     # fit_torch took no time: its share went to peers_jax.
     assert int(parts[2]["limit_seconds"]) >= 100 * (10 + 30) // 100 - 1
     assert result.returncode == 1
