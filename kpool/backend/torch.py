@@ -263,13 +263,7 @@ def order_statistics(window, inputs, select):
     with torch.no_grad():
         values = select(inputs)
     # Padded with NaN, which equals nothing.
-    padded = inputs
-    if window.padding == "same":
-        pads = window.same_pads(window.spatial_shape(inputs.shape))
-        if window.channels_last:
-            pads = [*pads, (0, 0)]
-        flat_pads = [p for pair in reversed(pads) for p in pair]
-        padded = F.pad(inputs, flat_pads, value=float("nan"))
+    padded = window.pad(inputs, float("nan"))
     return [_through_cell(window, padded, v) for v in values]
 
 

@@ -263,10 +263,19 @@ class Window:
         `window_means` and `average_pool` take it. Needs the spatial dims
         to be known.
         """
+        return self.pad(inputs, 0)
+
+    def pad(self, inputs, value):
+        """`zero_pad` with `value` in the padded cells (NaN, say, which
+        equals no cell)."""
         if self.padding == "valid":
             return inputs
         spatial_pads = self.same_pads(self.spatial_shape(inputs.shape))
-        return ops.pad(inputs, self.full_shape(spatial_pads, (0, 0)))
+        return ops.pad(
+            inputs,
+            self.full_shape(spatial_pads, (0, 0)),
+            constant_values=value,
+        )
 
     def window_means(self, padded):
         """The mean of each window of zero-padded `padded`, zeros counted."""

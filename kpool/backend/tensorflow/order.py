@@ -33,13 +33,7 @@ def _first_cells_gradient(window, x, values, upstream):
 
     with tf.GradientTape() as tape:
         tape.watch(x)
-        padded = x
-        if window.padding == "same":
-            pads = window.same_pads(window.spatial_shape(x.shape))
-            padded = tf.pad(
-                x, window.full_shape(pads, (0, 0)), constant_values=float("nan")
-            )
-        cells = window.cells(padded)
+        cells = window.cells(window.pad(x, float("nan")))
     gradients = [None] * len(cells)
     for value, rest in zip(values, upstream, strict=True):
         if rest is None:
