@@ -80,15 +80,30 @@ def tree_pool(
     )
     # A Python int: torch's tracer (ONNX export) gives sizes as tensors.
     num_leaves = int(leaves.shape[1])
-    kernel = leaves if gates is None else ops.concatenate([leaves, gates], 1)
-    # Every leaf's and gate's response to each window.
+    if num_leaves == 1:
+        return ops.cast(
+            window_responses(window, window.zero_pad(x), leaves)[0], dtype
+        )
+    # A node above two leaves is `v_r . x + g (v_l - v_r) . x`: its
+    # leaves' difference is one more filter, not one more pass over the
+    # output. Filters: the pairs' differences, their right leaves, then
+    # the gates.
+    pairs = num_leaves // 2
+    kernel = ops.concatenate(
+        [leaves[:, 0::2] - leaves[:, 1::2], leaves[:, 1::2], gates], 1
+    )
     responses = window_responses(window, window.zero_pad(x), kernel)
-    # Heap order: values[m] is f_m; leaves first, then the gates bottom-up.
-    values = {num_leaves + i: responses[i] for i in range(num_leaves)}
+    # Heap order: values[m] is f_m, the nodes above the leaves first, then
+    # the rest bottom-up.
+    values = {}
     for m in range(num_leaves - 1, 0, -1):
         gate = ops.sigmoid(responses[num_leaves + m - 1])
-        left, right = values.pop(2 * m), values.pop(2 * m + 1)
-        values[m] = right + gate * (left - right)
+        if m >= pairs:
+            pair = m - pairs
+            values[m] = responses[pairs + pair] + gate * responses[pair]
+        else:
+            left, right = values.pop(2 * m), values.pop(2 * m + 1)
+            values[m] = right + gate * (left - right)
     return ops.cast(values[1], dtype)
 
 
