@@ -19,7 +19,8 @@ A time is the median of `--repeats` rounds after `--warmup` untimed calls,
 kpool and its peer interleaved round by round in one process
 (`bench.time_interleaved`), so the ratio `kpool / peer` is taken under the
 same load. The goal (issue 20) is a ratio of at most 1.2 for every op,
-both passes, at batch 32-128, 32-256 channels, 8x8 to 64x64 (`SIZES`).
+both passes, at batch 32-128, 32-256 channels, 8x8 to 64x64 (`SIZES`);
+SoftPool, overflow-safe against the unsafe formula, 1.5 (`GOAL_RATIOS`).
 
 Timings mean something only on a quiet machine: the script reads the
 1-minute load average before, refuses to start above `QUIET_LOAD` (unless
@@ -56,6 +57,10 @@ from kpool.harness.environment import environment
 
 QUIET_LOAD = 1.5
 GOAL_RATIO = 1.2
+# Issue 20's exceptions: SoftPool keeps its overflow-safe form (the window
+# maximum subtracted before the exponential), held to 1.5x the unsafe
+# formula its peers compute.
+GOAL_RATIOS = {"soft_pool": 1.5}
 # (batch, channels, height, width), laid out per backend.
 SIZES = (
     (32, 64, 32, 32),
@@ -594,7 +599,9 @@ def benchmark_peers(sizes=SIZES, repeats=30, warmup=5, ops=None):
                 )
                 kpool_ms = bench.median_ms(times["kpool"])
                 peer_ms = bench.median_ms(times["peer"])
-                ratio = kpool_ms / peer_ms
+                # The verdict is the written ratio's.
+                ratio = round(kpool_ms / peer_ms, 3)
+                goal = GOAL_RATIOS.get(case.op, GOAL_RATIO)
                 rows.append(
                     {
                         "op": case.op,
@@ -606,9 +613,9 @@ def benchmark_peers(sizes=SIZES, repeats=30, warmup=5, ops=None):
                         "compile_mode": compile_mode,
                         "kpool_median_ms": round(kpool_ms, 4),
                         "peer_median_ms": round(peer_ms, 4),
-                        "ratio": round(ratio, 3),
-                        "goal_ratio": GOAL_RATIO,
-                        "meets_goal": ratio <= GOAL_RATIO,
+                        "ratio": ratio,
+                        "goal_ratio": goal,
+                        "meets_goal": ratio <= goal,
                         "values_match": match,
                         "repeats": repeats,
                         "warmup": warmup,

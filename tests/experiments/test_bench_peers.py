@@ -96,6 +96,10 @@ def test_smoke_run_writes_every_case_with_its_columns(bench_peers, tmp_path):
     for row in rows:
         assert row["values_match"] in ("True", "shape"), row["op"]
         assert float(row["ratio"]) > 0
+        # Issue 20: 1.2 for every op; SoftPool (overflow-safe) 1.5.
+        goal = 1.5 if row["op"] == "soft_pool" else 1.2
+        assert float(row["goal_ratio"]) == goal, row["op"]
+        assert row["meets_goal"] == str(float(row["ratio"]) <= goal)
         assert row["smoke"] == "True"
         others = row["others_cpu_cores"]
         assert row["quiet"] == str(
