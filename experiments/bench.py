@@ -18,6 +18,7 @@ import functools
 import inspect
 import os
 import statistics
+import subprocess
 import time
 
 import keras
@@ -1018,3 +1019,30 @@ class OthersCpu:
             return None
         busy, own, wall = (b - a for a, b in zip(self.start, end, strict=True))
         return max(0.0, (busy - own) / wall) if wall > 0 else None
+
+
+def git_state():
+    """The commit of this checkout and whether its tree differs from it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args):
+        try:
+            return subprocess.run(
+                ["git", *args],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    # Whether the code timed differs from the commit: results and notes
+    # written beside a run (this CSV among them) do not count.
+    code = ("kpool", "kpool_cli", "experiments", "pyproject.toml")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", *code)
+    return {
+        "git_commit": commit,
+        "git_dirty": bool(changed) if commit else "",
+    }

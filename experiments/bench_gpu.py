@@ -148,6 +148,8 @@ def labels(precision):
         "dataset": "synthetic",
         "precision": precision,
         **environment.environment(),
+        # Empty where the tree is not a git clone (a device's copy).
+        **bench.git_state(),
     }
 
 

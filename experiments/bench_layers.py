@@ -317,8 +317,10 @@ def main(argv=None):
         print(f"{backend} compile mode {mode!r}: {meaning}")
     print(f"Keras's default here: {bench.default_compile_mode()!r}")
 
+    # The code timed: every row names its commit.
+    code = bench.git_state()
     if not args.skip_layers:
-        rows = run_layers(args, layer_settings)
+        rows = [{**row, **code} for row in run_layers(args, layer_settings)]
         path = os.path.join(args.output_dir, f"layers_{backend}.csv")
         bench.write_csv(rows, path)
         summary = bench.summarize_runs(rows)
@@ -354,7 +356,7 @@ def main(argv=None):
                 "" if others_cores is None else round(others_cores, 3)
             ),
         }
-        rows = [{**row, **load} for row in rows]
+        rows = [{**row, **load, **code} for row in rows]
         written = rows
         if (
             args.fit_choices is not None

@@ -46,7 +46,6 @@ import importlib.metadata
 import math
 import os
 import platform
-import subprocess
 
 import bench
 import keras
@@ -640,33 +639,6 @@ def library_versions():
     return versions
 
 
-def git_state():
-    """The commit of this checkout and whether its tree differs from it."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-    def git(*args):
-        try:
-            return subprocess.run(
-                ["git", *args],
-                cwd=root,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    commit = git("rev-parse", "HEAD")
-    # Whether the code timed differs from the commit: results and notes
-    # written beside a run (this CSV among them) do not count.
-    code = ("kpool", "kpool_cli", "experiments", "pyproject.toml")
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", *code)
-    return {
-        "git_commit": commit,
-        "git_dirty": bool(changed) if commit else "",
-    }
-
-
 def run_columns(args, load_before, others):
     """The columns that say under what load, on what and from what code
     the rows were timed (up to now)."""
@@ -683,7 +655,7 @@ def run_columns(args, load_before, others):
         "smoke": args.smoke,
         "python_version": platform.python_version(),
         **library_versions(),
-        **git_state(),
+        **bench.git_state(),
         **environment(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }

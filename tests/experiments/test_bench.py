@@ -318,6 +318,20 @@ def row_key(row):
     return tuple(row[k] for k in ("layer", "mode", "phase", "passes", "pool"))
 
 
+def git_head():
+    """This checkout's commit, or "" outside a git clone (an sdist)."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
 def test_bench_layers_script_writes_every_case_with_its_ratio(tmp_path):
     backend = run_bench_layers(
         tmp_path, "--model-fit", "--fit-choices", "min", "strided"
@@ -330,6 +344,7 @@ def test_bench_layers_script_writes_every_case_with_its_ratio(tmp_path):
         assert row["dtype"] == "float32"
         assert row["baseline"] in bench.BASELINES
         assert row["device"] and row["machine"] and row["date"]
+        assert row["git_commit"] == git_head()
         ratio = float(row["median_ms"]) / float(row["baseline_median_ms"])
         assert float(row["ratio"]) == pytest.approx(ratio, rel=1e-2)
         if row["goal_ratio"]:
@@ -346,6 +361,8 @@ def test_bench_layers_script_writes_every_case_with_its_ratio(tmp_path):
         assert row["device"] and row["machine"] and row["date"]
         assert float(row["load_average_before"]) >= 0
         assert float(row["others_cpu_cores"]) >= 0
+        assert row["git_commit"] == git_head()
+        assert row["git_dirty"] in ("True", "False")
         step_ratio = float(row["median_ms_per_step"]) / float(
             row["max_median_ms_per_step"]
         )
