@@ -99,8 +99,9 @@ def tree_pool(
     for m in range(num_leaves - 1, 0, -1):
         gate = ops.sigmoid(responses[num_leaves + m - 1])
         if m >= pairs:
-            pair = m - pairs
-            values[m] = responses[pairs + pair] + gate * responses[pair]
+            # Node m's right leaf is filter m; its pair's difference,
+            # filter m - pairs.
+            values[m] = responses[m] + gate * responses[m - pairs]
         else:
             left, right = values.pop(2 * m), values.pop(2 * m + 1)
             values[m] = right + gate * (left - right)
