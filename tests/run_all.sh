@@ -12,7 +12,8 @@
 #   tensorflow. Every model family with every choice is built under
 #   tensorflow; jax builds each choice in one family. The benchmark
 #   scripts (tests/experiments) run under tensorflow; the peer benchmark
-#   under every backend, the GPU benchmark under jax only.
+#   under every backend, the serving benchmark under torch too (ONNX
+#   Runtime), the GPU benchmark under jax only.
 # - Facts that hold whatever the backend (shipped configs, the package's
 #   import floors, SciPy equivalences) run once.
 #
@@ -91,7 +92,8 @@ lane_a() {
   group tensorflow tests/layers &&
     group tensorflow "${harness_tf[@]}" -k "$harness_tf_skip" &&
     group torch tests/layers tests/harness/test_augment.py \
-      tests/harness/test_metrics.py tests/experiments/test_bench_peers.py &&
+      tests/harness/test_metrics.py tests/experiments/test_bench_peers.py \
+      tests/experiments/test_bench_serving.py &&
     group jax "${jax_cli[@]}" -k "$jax_cli_skip"
 }
 lane_b() {
