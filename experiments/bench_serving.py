@@ -10,9 +10,10 @@ those runtimes fuses and schedules the graph itself, so a layer's cost
 there is not its cost in Keras.
 
 For every inference case of `bench.LAYER_CASES` (forward only, each layer
-and mode as `bench_layers.py` builds it) and each window (2x2/s2 and
-3x3/s2, valid) this builds a model `Input -> layer` and one `Input ->
-baseline` (`MaxPooling2D` with the same window, or the case's baseline),
+and mode as `bench_layers.py` builds it; unpooling after the max pooling
+with argmax whose indices it takes) and each window (2x2/s2 and 3x3/s2,
+valid) this builds a model `Input -> layer` and one `Input -> baseline`
+(`MaxPooling2D` with the same window, or the case's baseline),
 converts both, checks that the runtime gives the Keras model's outputs
 (`values_match`, rtol and atol 1e-4), and times the runtime's call of
 each, interleaved round by round in one process (`bench.time_interleaved`),
@@ -62,6 +63,8 @@ POOLS = ((2, 2), (3, 2))
 # Issue 20's goal 3 for the operators held to MaxPooling2D's forward.
 SERVING_GOALS = {("TreePooling2D", ""): 1.5, ("MixedPooling2D", "gated"): 2.0}
 TOLERANCE = 1e-4
+# Unpooling's rows: the model pools with argmax, then unpools.
+UNPOOL_MODE = "with argmax pooling"
 TABLE_COLUMNS = (
     "layer",
     "mode",
@@ -138,6 +141,24 @@ def served(model, inputs, runtime, directory):
     return call, bool(match)
 
 
+def serving_case(case, window, images):
+    """`(layer, inputs)` for `case` at `window`, as `bench.make_case`
+    builds it, but unpooling: there the model holds the max pooling with
+    argmax whose indices it takes (a constant index tensor, as
+    `bench.make_case` fixes it, becomes an input that tf2onnx leaves
+    unfed), and the row says so in its mode."""
+    if case.window != "unpool":
+        layer, inputs = bench.make_case(
+            case, window, keras.ops.convert_to_tensor(images)
+        )
+        return layer, keras.ops.convert_to_numpy(inputs)
+    from kpool import layers
+
+    pool = layers.MaxPoolingWithArgmax2D(**window)
+    unpool = layers.MaxUnpooling2D(**window, output_size=images.shape[1:3])
+    return lambda x: unpool(*pool(x)), images
+
+
 def model_of(layer, inputs):
     """`Input -> layer` at `inputs`'s shape, batch size included."""
     shape = tuple(inputs.shape)
@@ -199,10 +220,7 @@ def _time_window(cases, window, images, runtime, repeats, warmup):
                         runtime,
                         os.path.join(directory, case.baseline),
                     )
-                layer, inputs = bench.make_case(
-                    case, window, keras.ops.convert_to_tensor(images)
-                )
-                inputs = keras.ops.convert_to_numpy(inputs)
+                layer, inputs = serving_case(case, window, images)
                 calls[case.key], matches[case.key] = served(
                     model_of(layer, inputs),
                     inputs,
@@ -231,7 +249,7 @@ def _time_window(cases, window, images, runtime, repeats, warmup):
         rows.append(
             {
                 "layer": case.layer,
-                "mode": case.mode,
+                "mode": UNPOOL_MODE if case.window == "unpool" else case.mode,
                 "runtime": runtime,
                 "pool": "global"
                 if case.window == "none"

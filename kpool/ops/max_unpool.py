@@ -6,6 +6,7 @@ import numpy as np
 from keras import ops
 
 from kpool import backend
+from kpool.ops.window_cells import low_rank_windows
 from kpool.ops.windows import (
     Window,
     as_tensor,
@@ -75,9 +76,12 @@ def _first_maximum(window, padded):
 
     A minimum over the offsets that hold the maximum, not `ops.argmax`,
     whose TensorFlow form (it tells -0.0 from 0.0 by the sign bit) has no
-    TFLite builtin. A window of NaN gives its last offset.
+    TFLite builtin. A window of NaN gives its last offset. The windows
+    are built from tensors of rank 5 at most (`low_rank_windows`):
+    `Window.windows` slices a 6-D view wherever a later dim's windows
+    overlap or leave cells out, and TFLite's slices take 5 dims.
     """
-    elements = window.windows(padded)
+    elements = low_rank_windows(window, padded)
     axis = window.window_axis
     size = elements.shape[axis]
     shape = [1] * len(elements.shape)

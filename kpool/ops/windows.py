@@ -466,13 +466,16 @@ def unit_slice(tensor, axis, start, size):
     """`tensor[..., start:start + size, ...]` along `axis`.
 
     A unit-stride `ops.slice`, whose TensorFlow gradient is a cheap pad (see
-    `Window.windows`); a slice that keeps everything is skipped.
+    `Window.windows`); a slice that keeps everything is skipped. A dim of
+    unknown size (an exported model's batch) is kept whole as `-1`, so the
+    slice's arguments are constants: read from `ops.shape`, they were a
+    shape, a strided slice and a stack per slice in TFLite and ONNX graphs.
     """
     if start == 0 and size == tensor.shape[axis]:
         return tensor
     starts = [0] * len(tensor.shape)
     starts[axis] = start
-    shape = list(ops.shape(tensor))
+    shape = [-1 if n is None else n for n in tensor.shape]
     shape[axis] = size
     return ops.slice(tensor, starts, shape)
 

@@ -138,3 +138,77 @@ def test_trained_model_serves_without_kpool(tmp_path, make_model, size):
         np.testing.assert_allclose(
             served["tflite"], expected, rtol=1e-4, atol=1e-5
         )
+
+
+# TFLite ops that XNNPACK, TFLite's CPU delegate, does not run: MIRROR_PAD
+# took 11-14x a max pooling's time by itself; SHAPE and PACK are the
+# dynamic slice sizes that a batch of unknown size gave (a graph XNNPACK
+# leaves to TFLite's reference kernels).
+SLOW_TFLITE_OPS = {"MIRROR_PAD", "SHAPE", "PACK"}
+
+
+def argmax_then_unpool(inputs):
+    from kpool import layers
+
+    values, indices = layers.MaxPoolingWithArgmax2D(3, strides=2)(inputs)
+    return layers.MaxUnpooling2D(3, strides=2, output_size=(11, 10))(
+        values, indices
+    )
+
+
+def layer_of(name, **kwargs):
+    def call(inputs):
+        from kpool import layers
+
+        return getattr(layers, name)(**kwargs)(inputs)
+
+    return call
+
+
+@pytest.mark.parametrize(
+    "call, slow_ops",
+    [
+        (layer_of("BlurPooling2D", filter_size=3), SLOW_TFLITE_OPS),
+        (
+            layer_of("BlurPooling2D", filter_size=5, padding_mode="replicate"),
+            SLOW_TFLITE_OPS,
+        ),
+        (
+            layer_of("MaxBlurPooling2D", pool_size=2, filter_size=4),
+            SLOW_TFLITE_OPS,
+        ),
+        (layer_of("MedianPooling2D", pool_size=3, strides=2), SLOW_TFLITE_OPS),
+        # Overlapping windows: the argmax once sliced a 6-D tensor, which
+        # TFLite's SLICE refuses when the model runs.
+        (argmax_then_unpool, set()),
+    ],
+    ids=["blur-reflect", "blur-replicate", "max-blur", "median", "argmax-3x3"],
+)
+def test_tflite_runs_the_graph_with_fast_ops(tmp_path, call, slow_ops):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TFLite converts TensorFlow graphs")
+    import tensorflow as tf
+
+    inputs = keras.Input((11, 10, 3))
+    model = keras.Model(inputs, call(inputs))
+    directory = str(tmp_path / "exported")
+    model.export(directory, verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(directory)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert not ops & slow_ops, ops
+    x = np.random.default_rng(0).normal(size=(2, 11, 10, 3))
+    x = x.astype("float32")
+    (entry,) = interpreter.get_input_details()
+    interpreter.resize_tensor_input(entry["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(entry["index"], x)
+    interpreter.invoke()
+    (exit,) = interpreter.get_output_details()
+    np.testing.assert_allclose(
+        interpreter.get_tensor(exit["index"]),
+        model.predict(x, verbose=0),
+        rtol=1e-5,
+        atol=1e-5,
+    )

@@ -72,14 +72,12 @@ def fast_path(name, window=None):
     ):
         return soft_pool.overlapping_soft_pool
     # One depthwise convolution over both axes at once, as TensorFlow's
-    # users write it; "replicate" pads by tf.pad's "SYMMETRIC", which
-    # repeats the edge cell once.
+    # users write it.
     if name == "blur" and (
         window is None  # whether this backend has the piece at all
         or (
             window.num_spatial_dims == 2
             and window.data_format == "channels_last"
-            and (window.padding_mode != "replicate" or max(window.pads) <= 1)
         )
     ):
         return blur.blur
