@@ -208,12 +208,37 @@ def max_unpool(
             f"indices.shape={tuple(indices.shape)}, "
             f"inputs.shape={tuple(inputs.shape)}"
         )
-    cells = math.prod(size)
     checked = check_indices(indices, size)
     # The backend's form needs indices in range.
     fast = backend.fast_path("max_unpool", inputs, window) if checked else None
     if fast is not None:
         return fast(window, inputs, indices, size)
+
+    def scatter():
+        return _scatter(window, inputs, indices, size, checked)
+
+    tiled = backend.fast_path("tiled_unpool", inputs, window)
+    if tiled is not None and _tiles(window, inputs.shape, size):
+        return tiled(window, inputs, indices, size, scatter)
+    return scatter()
+
+
+def _tiles(window, input_shape, size):
+    """Whether the windows tile the output: stride = window, and the
+    output is the windows' cells and no more."""
+    spatial = window.spatial_shape(input_shape)
+    return all(
+        k == s and n * k == m
+        for k, s, n, m in zip(
+            window.pool_size, window.strides, spatial, size, strict=True
+        )
+    )
+
+
+def _scatter(window, inputs, indices, size, checked):
+    """`max_unpool`'s sum of each value into its cell of the flat output
+    (`checked`: whether the indices are known to be in range)."""
+    cells = math.prod(size)
     dtype = keras.backend.standardize_dtype(inputs.dtype)
     # Each value's cell in the flat output, in the layout of `inputs`, so
     # that neither needs a transpose: `(b * channels + c) * cells + index`

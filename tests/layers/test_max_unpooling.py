@@ -270,6 +270,42 @@ def test_unpool_fast_path_matches_keras_ops_form(
     assert outputs.shape == x.shape
 
 
+@pytest.mark.parametrize("pool", [2, (3, 2)])
+def test_tiled_unpool_fast_path_matches_keras_ops_form(monkeypatch, rng, pool):
+    # Windows that tile the output: each value put in place where every
+    # index is in its own window.
+    skip_without_fast_path("tiled_unpool")
+    x = rng.integers(0, 4, (2, 6, 8, 3)).astype("float32")
+    values, indices = kpool.ops.max_pool_with_argmax(x, pool)
+    moved = keras.ops.convert_to_numpy(values)
+    moved = moved + rng.uniform(0, 1, values.shape)
+    outputs = assert_same_outputs_and_gradients(
+        monkeypatch,
+        lambda values: kpool.ops.max_unpool(values, indices, pool),
+        moved,
+        rng,
+    )
+    np.testing.assert_allclose(
+        outputs,
+        numpy_unpool(moved, indices, (6, 8), "channels_last"),
+        rtol=1e-6,
+    )
+
+
+def test_tiled_unpool_takes_an_index_outside_its_window():
+    # In range but in another window (the op takes any index in range):
+    # the sum into the flat output, traced and eagerly.
+    values = np.arange(1, 5, dtype="float32").reshape(1, 2, 2, 1)
+    indices = np.array([0, 2, 8, 0], "int32").reshape(1, 2, 2, 1)
+    expected = numpy_unpool(values, indices, (4, 4), "channels_last")
+    eager = kpool.ops.max_unpool(values, indices, 2)
+    graph = traced(lambda v, i: kpool.ops.max_unpool(v, i, 2))(values, indices)
+    for outputs in (eager, graph):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(outputs), expected
+        )
+
+
 def bad_indices(case):
     """Indices for a 2x2 pooling of a (1, 4, 4, 1) input: flat positions
     in its 16 cells, one of them bad as `case` says."""

@@ -17,6 +17,7 @@ from kpool.backend.tensorflow import (
     roots,
     soft_pool,
     stochastic,
+    unpool,
     windows,
 )
 
@@ -71,6 +72,13 @@ def fast_path(name, window=None):
         and window.channels_last
     ):
         return soft_pool.overlapping_soft_pool
+    # Tiling windows, as a segmentation net's encoder pools: in place where
+    # each index is in its own window (a `tf.cond`).
+    if name == "tiled_unpool" and (
+        window is None
+        or (window.num_spatial_dims == 2 and window.channels_last)
+    ):
+        return unpool.tiled_unpool
     # One depthwise convolution over both axes at once, as TensorFlow's
     # users write it.
     if name == "blur" and (
