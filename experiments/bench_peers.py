@@ -629,9 +629,10 @@ def load_average():
     return os.getloadavg()[0]
 
 
-def library_versions():
+def library_versions(names=LIBRARIES):
+    """`<name>_version` of each installed distribution, "" where absent."""
     versions = {}
-    for name in LIBRARIES:
+    for name in names:
         try:
             versions[f"{name}_version"] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -686,9 +687,9 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    backend = keras.backend.backend()
+def quiet_load_before(args):
+    """The load average now; exits above `QUIET_LOAD` unless
+    `args.allow_loaded` or `args.smoke`."""
     load_before = load_average()
     if load_before > QUIET_LOAD and not (args.allow_loaded or args.smoke):
         raise SystemExit(
@@ -696,6 +697,13 @@ def main(argv=None):
             "timings would be off. Run on a quiet machine, or pass "
             "--allow-loaded to record them with quiet=False."
         )
+    return load_before
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    backend = keras.backend.backend()
+    load_before = quiet_load_before(args)
     sizes, repeats, warmup = SIZES, args.repeats, args.warmup
     if args.smoke:
         sizes, repeats, warmup = (SMOKE_SIZE,), 2, 1

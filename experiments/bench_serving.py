@@ -44,12 +44,12 @@ Writes `<backend>.csv` under `--output-dir` (default results/serving/).
 """
 
 import argparse
-import importlib.metadata
 import os
 import tempfile
 import warnings
 
 import bench
+import bench_layers
 import bench_peers
 import keras
 import numpy as np
@@ -63,6 +63,7 @@ POOLS = ((2, 2), (3, 2))
 # Issue 20's goal 3 for the operators held to MaxPooling2D's forward.
 SERVING_GOALS = {("TreePooling2D", ""): 1.5, ("MixedPooling2D", "gated"): 2.0}
 TOLERANCE = 1e-4
+RUNTIME_LIBRARIES = ("onnxruntime", "onnx", "tf2onnx", "onnxscript")
 # Unpooling's rows: the model pools with argmax, then unpools.
 UNPOOL_MODE = "with argmax pooling"
 TABLE_COLUMNS = (
@@ -271,16 +272,6 @@ def _time_window(cases, window, images, runtime, repeats, warmup):
     return rows
 
 
-def runtime_versions():
-    versions = {}
-    for name in ("onnxruntime", "onnx", "tf2onnx", "onnxscript"):
-        try:
-            versions[f"{name}_version"] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[f"{name}_version"] = ""
-    return versions
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", default="results/serving")
@@ -313,23 +304,9 @@ def main(argv=None):
             f"bench_serving.py runs on the TensorFlow and torch backends "
             f"(TFLite and ONNX Runtime); KERAS_BACKEND is {backend!r}."
         )
-    if args.layers is not None:
-        known = {case.layer for case in bench.LAYER_CASES}
-        unknown = sorted(set(args.layers) - known)
-        if unknown:
-            raise SystemExit(
-                f"--layers must name layers of bench.LAYER_CASES "
-                f"({sorted(known)}). Received: {unknown}"
-            )
-    load_before = bench_peers.load_average()
-    if load_before > bench_peers.QUIET_LOAD and not (
-        args.allow_loaded or args.smoke
-    ):
-        raise SystemExit(
-            f"The load average is {load_before:.2f}, above "
-            f"{bench_peers.QUIET_LOAD}: timings would be off. Run on a quiet "
-            "machine, or pass --allow-loaded to record them with quiet=False."
-        )
+    # Exits naming the unknown ones.
+    bench_layers.select_cases(args.layers)
+    load_before = bench_peers.quiet_load_before(args)
     sizes, layers = SIZES, args.layers
     repeats, warmup = args.repeats, args.warmup
     if args.smoke:
@@ -344,7 +321,7 @@ def main(argv=None):
     ):
         run = {
             **bench_peers.run_columns(args, load_before, others),
-            **runtime_versions(),
+            **bench_peers.library_versions(RUNTIME_LIBRARIES),
         }
         rows = [{**row, **run} for row in rows + size_rows]
         if rows:

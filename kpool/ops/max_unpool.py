@@ -86,14 +86,7 @@ def _first_maximum(window, padded):
     1.16x as long for 2x2 tiling windows, 1.08x at 3x3/s2, 32x32x32x64;
     JAX and torch 0.97-1.03x.)
     """
-    spatial = window.spatial_shape(padded.shape)
-    tiles = all(
-        k == s and n % s == 0
-        for k, s, n in zip(
-            window.pool_size, window.strides, spatial, strict=True
-        )
-    )
-    if tiles:
+    if window.tiles(window.spatial_shape(padded.shape)):
         elements = window.windows(padded)
     else:
         elements = low_rank_windows(window, padded)
@@ -218,21 +211,10 @@ def max_unpool(
         return _scatter(window, inputs, indices, size, checked)
 
     tiled = backend.fast_path("tiled_unpool", inputs, window)
-    if tiled is not None and _tiles(window, inputs.shape, size):
+    # `size` pools to `inputs`: tiled by the windows, it is their cells.
+    if tiled is not None and window.tiles(size):
         return tiled(window, inputs, indices, size, scatter)
     return scatter()
-
-
-def _tiles(window, input_shape, size):
-    """Whether the windows tile the output: stride = window, and the
-    output is the windows' cells and no more."""
-    spatial = window.spatial_shape(input_shape)
-    return all(
-        k == s and n * k == m
-        for k, s, n, m in zip(
-            window.pool_size, window.strides, spatial, size, strict=True
-        )
-    )
 
 
 def _scatter(window, inputs, indices, size, checked):

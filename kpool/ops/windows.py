@@ -154,6 +154,16 @@ class Window:
         first = 1 if self.channels_last else 2
         return list(range(first, first + self.num_spatial_dims))
 
+    def tiles(self, spatial_shape):
+        """Whether the windows tile `spatial_shape`: each stride is its
+        window's size and divides the dim."""
+        return all(
+            k == s and n % s == 0
+            for k, s, n in zip(
+                self.pool_size, self.strides, spatial_shape, strict=True
+            )
+        )
+
     def spatial_shape(self, shape):
         # Python ints: torch's tracer (ONNX export) gives sizes as tensors.
         spatial = shape[1:-1] if self.channels_last else shape[2:]
